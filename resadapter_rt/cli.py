@@ -1,0 +1,83 @@
+"""The ``resadapter-rt`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ResAdapterRTError
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silences optional-vision import notices
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="tiny-sd15 | tiny-sdxl | pipeline dir | UNet dir | .safetensors | hub id")
+    parser.add_argument("--config", help="for a single-file --model: a diffusers pipeline dir (or hub id) of its architecture")
+    parser.add_argument("--resadapter", required=True, help="tiny-sd15 | tiny-sdxl | adapter dir | LoRA file | hub id owner/repo/subfolder")
+    parser.add_argument("--alpha", default="1.0", help="ResAdapter LoRA scale in [0, 2] (default 1.0)")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]", help="further LoRA to merge (repeatable)")
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .adapter import load_adapter
+    from .files import atomic_directory
+    from .lora import read_lora_file
+    from .merge import apply_lora, merge_adapter, parse_alpha, parse_lora_spec
+    from .models import load_components
+    from .provenance import merge_record
+
+    alpha = parse_alpha(args.alpha)
+    specs = [parse_lora_spec(s) for s in args.lora]
+    adapter = load_adapter(args.resadapter)
+    loras = [(read_lora_file(Path(path)), weight) for path, weight in specs]
+    components = load_components(args.model, unet_only=True, config=args.config)
+    logging.getLogger(__name__).info("%s", adapter.describe())
+    unet = merge_adapter(components.unet, adapter, alpha, inplace=True)
+    for lora, weight in loras:
+        unet_layers = lora.for_component("unet")
+        if len(unet_layers) < len(lora.layers):
+            print(f"note: {lora.source}: {len(lora.layers) - len(unet_layers)} text-encoder layers are not part of a "
+                  "UNet merge; `resadapter-rt export` applies them", file=sys.stderr)
+        apply_lora(unet, unet_layers, weight, lora.source)
+    out = Path(args.out)
+    with atomic_directory(out, force=args.force) as tmp:
+        unet.save_pretrained(tmp, safe_serialization=True)
+        record = merge_record(components, adapter, alpha, loras)
+        (tmp / "resadapter_merge.json").write_text(json.dumps(record, indent=2))
+    print(f"merged UNet ({adapter.family.display_name}, alpha {alpha:g}, {len(loras)} extra LoRA) written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resadapter-rt", description="ResAdapter merge / export / run for SD1.5 and SDXL.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    merge = commands.add_parser("merge", help="merge a ResAdapter (and LoRAs) into a UNet; writes a diffusers UNet dir")
+    _add_model_arguments(merge)
+    merge.add_argument("--out", required=True, help="output directory (config.json + diffusion_pytorch_model.safetensors)")
+    merge.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    merge.set_defaults(handler=_cmd_merge)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return args.handler(args)
+    except ResAdapterRTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written to the output path", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Safe reading of weight files and atomic writing of artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .errors import ResAdapterRTError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a ``.safetensors`` file, turning every failure into a one-line error."""
+    if not path.is_file():
+        raise ResAdapterRTError(f"{path}: no such file")
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ResAdapterRTError(
+            f"{path}: pickle files can run arbitrary code and are not loaded here; "
+            "convert it to .safetensors (safetensors.torch.save_file) and pass that instead"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ResAdapterRTError(
+            f"{path}: not a readable safetensors file ({reason}); is it truncated or in another format?"
+        ) from None
+
+
+def read_tensor_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """Load a tensors-only pickle (``groupnorm_state_dict.pt``) with ``weights_only=True``."""
+    if not path.is_file():
+        raise ResAdapterRTError(f"{path}: no such file")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResAdapterRTError(
+            f"{path}: refused to load: it is not a plain tensor dict readable with weights_only=True ({first})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ResAdapterRTError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+    return state
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``final``; on success it replaces ``final`` in one rename.
+
+    An exception (or Ctrl-C) removes the temporary directory, so a half-written artifact is
+    never left where it would be picked up.
+    """
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise ResAdapterRTError(f"{final}: exists and is not a directory; choose another --out")
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise ResAdapterRTError(f"{final}: directory is not empty; pass --force to replace it or choose another --out")
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise ResAdapterRTError(f"{parent}: cannot write here ({exc.strerror}); choose a writable --out") from None
+    try:
+        yield tmp
+        if final.exists():
+            old = parent / f".{final.name}.old-{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -19,9 +19,7 @@ from safetensors import safe_open
 from .errors import ResAdapterRTError
 from .files import read_safetensors
 
-# What a converted key ends with -> which half of the LoRA it is.
-_DOWN_SUFFIXES = (".lora.down.weight", ".lora_A.weight", ".lora_linear_layer.down.weight")
-_UP_SUFFIXES = (".lora.up.weight", ".lora_B.weight", ".lora_linear_layer.up.weight")
+_HALVES = {".lora_A.weight": "down", ".lora_B.weight": "up"}
 # Top-level pipeline components a LoRA key can address.
 COMPONENT_PREFIXES = ("unet", "text_encoder_2", "text_encoder")
 
@@ -51,7 +49,6 @@ class LoraWeights:
 
     layers: dict[str, LoraLayer]
     source: str
-    skipped: list[str] = field(default_factory=list)
 
     def for_component(self, component: str) -> dict[str, LoraLayer]:
         """Layers addressed to one pipeline component, keyed by module path inside it."""
@@ -87,16 +84,34 @@ def _peft_scale(metadata: Mapping, component: str, module: str, rank: int) -> fl
     return alpha / rank
 
 
+def _to_peft_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' converters: old attention-processor and ``lora.down`` names -> PEFT ``lora_A``/``lora_B``."""
+    from diffusers.utils.state_dict_utils import DIFFUSERS_OLD_TO_PEFT, UNET_TO_DIFFUSERS, convert_state_dict
+
+    unet = {k: v for k, v in state_dict.items() if k.startswith("unet.")}
+    others = {k: v for k, v in state_dict.items() if not k.startswith("unet.")}
+    return {**convert_state_dict(unet, UNET_TO_DIFFUSERS), **convert_state_dict(others, DIFFUSERS_OLD_TO_PEFT)}
+
+
+def _alpha_by_module(network_alphas: Mapping[str, float]) -> dict[str, float]:
+    """diffusers keys alphas by module (``x.alpha``) or by old down-weight name: map both to modules."""
+    by_module = {}
+    for key, value in network_alphas.items():
+        base = key.removesuffix(".alpha")
+        converted = next(iter(_to_peft_keys({base: torch.empty(0)})))
+        by_module[converted.removesuffix(".lora_A.weight")] = float(value)
+    return by_module
+
+
 def _split_key(key: str) -> tuple[str, str, str] | None:
     """``unet.a.b.lora_A.weight`` -> (component, module path, "down"|"up"); None if not a LoRA weight."""
-    for suffixes, half in ((_DOWN_SUFFIXES, "down"), (_UP_SUFFIXES, "up")):
-        for suffix in suffixes:
-            if key.endswith(suffix):
-                target = key[: -len(suffix)]
-                for component in COMPONENT_PREFIXES:
-                    if target.startswith(component + "."):
-                        return component, target[len(component) + 1:], half
-                return "unet", target, half
+    for suffix, half in _HALVES.items():
+        if key.endswith(suffix):
+            target = key[: -len(suffix)]
+            for component in COMPONENT_PREFIXES:
+                if target.startswith(component + "."):
+                    return component, target[len(component) + 1:], half
+            return "unet", target, half
     return None
 
 
@@ -111,22 +126,23 @@ def lora_from_state_dict(
     quiet.setLevel(logging.ERROR)
     try:
         converted, network_alphas = StableDiffusionXLPipeline.lora_state_dict(dict(state_dict))
+        converted = _to_peft_keys(converted)
+        alphas = _alpha_by_module(network_alphas or {})
     except (ValueError, KeyError, RuntimeError, IndexError) as exc:
         raise ResAdapterRTError(f"{source}: not a LoRA in a known key format ({exc})") from None
     finally:
         quiet.setLevel(level)
-    network_alphas = network_alphas or {}
 
     halves: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    skipped = []
     for key, tensor in converted.items():
         parsed = _split_key(key)
         if parsed is None:
-            skipped.append(key)
-            continue
+            raise ResAdapterRTError(
+                f"{source}: key {key!r} is not a LoRA weight this tool understands (expected lora_A/lora_B, "
+                "lora.down/lora.up or kohya lora_down/lora_up); DoRA, LoHa and LoKr are not supported"
+            )
         component, module, half = parsed
         halves.setdefault((component, module), {})[half] = tensor
-
     layers: dict[str, LoraLayer] = {}
     for (component, module), pair in sorted(halves.items()):
         name = f"{component}.{module}"
@@ -145,7 +161,7 @@ def lora_from_state_dict(
                 f"{down.shape[0]} but up {list(up.shape)} expects [out, {down.shape[0]}{', 1, 1' if up.ndim == 4 else ''}]"
             )
         rank = int(down.shape[0])
-        alpha = network_alphas.get(f"{name}.alpha")
+        alpha = alphas.get(name)
         if alpha is not None:
             scale = float(alpha) / rank
         else:
@@ -153,7 +169,7 @@ def lora_from_state_dict(
         layers[name] = LoraLayer(down=down, up=up, scale=scale)
     if not layers:
         raise ResAdapterRTError(f"{source}: contains no LoRA weights (no lora_down/lora_up or lora_A/lora_B keys)")
-    return LoraWeights(layers=layers, source=source, skipped=skipped)
+    return LoraWeights(layers=layers, source=source)
 
 
 def read_lora_file(path: Path) -> LoraWeights:

@@ -43,10 +43,20 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
     return path, weight
 
 
+def _submodule(model: nn.Module, path: str) -> nn.Module:
+    """``model.get_submodule(path)``, also across transformers 5's flattened CLIP (no ``text_model.``)."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        if path.startswith("text_model."):
+            return model.get_submodule(path.removeprefix("text_model."))
+        raise
+
+
 def _target(model: nn.Module, component: str, path: str, layer: LoraLayer, source: str) -> nn.Module:
     """The module a LoRA layer updates, after checking it exists and its weight has the right shape."""
     try:
-        module = model.get_submodule(path)
+        module = _submodule(model, path)
     except AttributeError:
         raise ResAdapterRTError(
             f"{source}: LoRA targets {component}.{path}, which this model does not have; "

@@ -164,3 +164,26 @@ def tiny_pipeline_dir(family: ModelFamily) -> Path:
 def tiny_adapter_dir(family: ModelFamily) -> Path:
     """Directory of the tiny synthetic ResAdapter for ``family``, in the official file layout."""
     return cached_directory(f"tiny-v{TINY_VERSION}/{family.name}-resadapter", lambda out: _build_adapter(family, out))
+
+
+def full_size_unet_config(family: ModelFamily, transformer_depth: int | None = None) -> dict:
+    """The real SD1.5 / SDXL UNet layout (for random-weight tests and benchmarks).
+
+    ``transformer_depth`` replaces SDXL's (1, 2, 10) transformer blocks per level to fit small machines;
+    channel widths, block types and conditioning stay the real ones.
+    """
+    if family is SD15:
+        return dict(
+            sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+            block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+    depth = (1, 2, 10) if transformer_depth is None else (transformer_depth,) * 3
+    return dict(
+        sample_size=128, cross_attention_dim=2048, attention_head_dim=(5, 10, 20), use_linear_projection=True,
+        block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=depth,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    )

@@ -1,0 +1,140 @@
+"""What each pipeline component exports: names, dynamic axes, wrappers and example inputs (declared once).
+
+Names follow diffusers/optimum. ``timestep`` is float32 ``[B]`` (Karras/Euler schedules use
+fractional timesteps). Token length is dynamic in multiples of 77 for long prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .dynamic_alpha import AlphaSource
+
+ALPHA_INPUT = "resadapter_alpha"
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Everything generic export code needs to know about one component."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    example: Callable[..., dict[str, torch.Tensor]]  # (batch, latent_h, latent_w, tokens) -> inputs
+
+
+class UNetForExport(nn.Module):
+    """Positional-input UNet; optional SDXL conditioning and dynamic alpha."""
+
+    def __init__(self, unet: nn.Module, sdxl: bool, alpha: AlphaSource | None) -> None:
+        super().__init__()
+        self.unet, self.sdxl, self.alpha = unet, sdxl, alpha
+
+    def forward(self, sample, timestep, encoder_hidden_states, *extra):
+        extra = list(extra)
+        added = None
+        if self.sdxl:
+            added = {"text_embeds": extra.pop(0), "time_ids": extra.pop(0)}
+        if self.alpha is not None:
+            self.alpha.value = extra.pop(0)
+        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+
+
+class TextEncoderForExport(nn.Module):
+    """SD1.5: last hidden state + pooled. SDXL: penultimate hidden state (+ projected pooled for encoder 2)."""
+
+    def __init__(self, encoder: nn.Module, penultimate: bool, projected: bool) -> None:
+        super().__init__()
+        self.encoder, self.penultimate, self.projected = encoder, penultimate, projected
+
+    def forward(self, input_ids):
+        out = self.encoder(input_ids, output_hidden_states=self.penultimate)
+        hidden = out.hidden_states[-2] if self.penultimate else out.last_hidden_state
+        pooled = out.text_embeds if self.projected else out.pooler_output
+        return hidden, pooled
+
+
+class VaeDecoderForExport(nn.Module):
+    """Latents already divided by the VAE scaling factor -> image in [-1, 1]."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample):
+        return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+@contextlib.contextmanager
+def upsample_sizes_from_skips(unet: nn.Module) -> Iterator[None]:
+    """Make diffusers' UNet take every upsample size from its skip connection while tracing.
+
+    ``forward`` passes explicit upsample sizes only when the input is not a multiple of
+    ``2**num_upsamplers``; tracing at such a multiple would bake in plain 2x upsampling and break
+    sizes like 125x75 latents. With a huge ``num_upsamplers`` the check always fires, so the
+    graph reads the size from the skip tensor's shape: every multiple of 8 px works.
+    """
+    saved = unet.num_upsamplers
+    unet.num_upsamplers = 30
+    try:
+        yield
+    finally:
+        unet.num_upsamplers = saved
+
+
+def unet_spec(unet: nn.Module, sdxl: bool, dynamic_alpha: bool) -> ComponentSpec:
+    cfg = unet.config
+    inputs = ["sample", "timestep", "encoder_hidden_states"] + (["text_embeds", "time_ids"] if sdxl else [])
+    inputs += [ALPHA_INPUT] if dynamic_alpha else []
+    axes = {"sample": {0: "batch", 2: "latent_height", 3: "latent_width"}, "timestep": {0: "batch"},
+            "encoder_hidden_states": {0: "batch", 1: "tokens"},
+            "out_sample": {0: "batch", 2: "latent_height", 3: "latent_width"}}
+    if sdxl:
+        axes |= {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
+
+    def example(batch: int, height: int, width: int, tokens: int = 77, seed: int = 0, alpha: float = 1.0):
+        g = torch.Generator().manual_seed(seed)
+        values = {
+            "sample": torch.randn(batch, cfg.in_channels, height, width, generator=g),
+            "timestep": torch.linspace(999, 1, batch),
+            "encoder_hidden_states": torch.randn(batch, tokens, cfg.cross_attention_dim, generator=g),
+        }
+        if sdxl:
+            pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            values["text_embeds"] = torch.randn(batch, pooled, generator=g)
+            values["time_ids"] = torch.tensor([[height * 8.0, width * 8.0, 0, 0, height * 8.0, width * 8.0]] * batch)
+        if dynamic_alpha:
+            values[ALPHA_INPUT] = torch.tensor(alpha, dtype=torch.float32)
+        return values
+
+    return ComponentSpec("unet", tuple(inputs), ("out_sample",), axes, example)
+
+
+def text_encoder_spec(name: str, encoder: nn.Module, hidden_output: str) -> ComponentSpec:
+    vocab = encoder.config.vocab_size
+
+    def example(batch: int, *_ignored, seed: int = 0, **_unused):
+        g = torch.Generator().manual_seed(seed)
+        return {"input_ids": torch.randint(0, vocab, (batch, 77), generator=g)}
+
+    pooled = "text_embeds" if name == "text_encoder_2" else "pooler_output"
+    axes = {"input_ids": {0: "batch"}, hidden_output: {0: "batch"}, pooled: {0: "batch"}}
+    return ComponentSpec(name, ("input_ids",), (hidden_output, pooled), axes, example)
+
+
+def vae_decoder_spec(vae: nn.Module) -> ComponentSpec:
+    channels = vae.config.latent_channels
+
+    def example(batch: int, height: int, width: int, *_ignored, seed: int = 0, **_unused):
+        g = torch.Generator().manual_seed(seed)
+        return {"latent_sample": torch.randn(batch, channels, height, width, generator=g)}
+
+    axes = {"latent_sample": {0: "batch", 2: "latent_height", 3: "latent_width"},
+            "sample": {0: "batch", 2: "height", 3: "width"}}
+    return ComponentSpec("vae_decoder", ("latent_sample",), ("sample",), axes, example)

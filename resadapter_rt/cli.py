@@ -19,7 +19,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="tiny-sd15 | tiny-sdxl | pipeline dir | UNet dir | .safetensors | hub id")
     parser.add_argument("--config", help="for a single-file --model: a diffusers pipeline dir (or hub id) of its architecture")
     parser.add_argument("--resadapter", required=True, help="tiny-sd15 | tiny-sdxl | adapter dir | LoRA file | hub id owner/repo/subfolder")
-    parser.add_argument("--alpha", default="1.0", help="ResAdapter LoRA scale in [0, 2] (default 1.0)")
+    parser.add_argument("--alpha", default="1.0", help="ResAdapter LoRA scale in [0, 2] (default 1.0); export also takes 'dynamic'")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]", help="further LoRA to merge (repeatable)")
 
 
@@ -53,6 +53,28 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_export_dir(args: argparse.Namespace) -> Path:
+    def stem(reference: str) -> str:
+        return Path(reference.rstrip("/")).name.removesuffix(".safetensors") or "model"
+
+    alpha = "dynamic" if args.alpha == "dynamic" else f"a{args.alpha}"
+    return Path("export") / f"{stem(args.model)}--{stem(args.resadapter)}--{alpha}--{args.target}"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .exporter import ExportOptions, export_pipeline
+
+    out = Path(args.out) if args.out else _default_export_dir(args)
+    options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
+                            dtype=args.dtype, target=args.target, config=args.config)
+    progress = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    manifest = export_pipeline(options, out, force=args.force, progress=progress)
+    worst = max(r["relative_error"] for c in manifest["components"].values() for r in c["validation"])
+    print(f"exported {manifest['family']} ({manifest['alpha_mode']} alpha) to {out} in {manifest['export_seconds']:.1f} s; "
+          f"worst ONNX Runtime vs PyTorch relative error {worst:.1e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resadapter-rt", description="ResAdapter merge / export / run for SD1.5 and SDXL.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -63,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="output directory (config.json + diffusion_pytorch_model.safetensors)")
     merge.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     merge.set_defaults(handler=_cmd_merge)
+
+    export = commands.add_parser("export", help="merge and export UNet, text encoder(s) and VAE decoder to validated ONNX")
+    _add_model_arguments(export)
+    export.add_argument("--dtype", default="fp32", help="fp32 (default)")
+    export.add_argument("--target", default="cpu", help="cpu | tensorrt | cuda: picks the GroupNorm form (default cpu)")
+    export.add_argument("--out", help="output directory (default: export/<model>--<adapter>--<alpha>--<target>)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    export.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    export.set_defaults(handler=_cmd_export)
     return parser
 
 

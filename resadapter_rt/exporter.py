@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -73,7 +74,8 @@ def _export_one(module: nn.Module, spec: ComponentSpec, example: dict, path: Pat
     raw = path.with_name("raw")
     raw.mkdir()
     args = tuple(example[name] for name in spec.inputs)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings on shape checks are expected: shapes stay dynamic
         torch.onnx.export(module, args, str(raw / "model.onnx"), dynamo=False, opset_version=OPSET,
                           input_names=list(spec.inputs), output_names=list(spec.outputs),
                           dynamic_axes=spec.dynamic_axes, do_constant_folding=True)
@@ -100,7 +102,14 @@ def _validate(module: nn.Module, spec: ComponentSpec, path: Path, cases: Iterabl
         with torch.no_grad():
             expected = module(*(inputs[name] for name in spec.inputs))
         expected = expected if isinstance(expected, tuple) else (expected,)
-        actual = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        try:
+            actual = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ResAdapterRTError(
+                f"{spec.name}: ONNX Runtime failed at {case['label']} ({first}); the graph does not generalise "
+                "to this shape and was not written"
+            ) from None
         abs_err = max(float(np.abs(a - e.numpy()).max()) for a, e in zip(actual, expected))
         rel_err = max(float(np.abs(a - e.numpy()).max() / max(np.abs(e.numpy()).max(), 1e-12)) for a, e in zip(actual, expected))
         results.append({**case["label"], "max_abs_error": abs_err, "relative_error": rel_err})
@@ -142,17 +151,20 @@ def _unet_cases(spec: ComponentSpec, sizes, dynamic: bool) -> list[dict]:
 def export_pipeline(options: ExportOptions, out: Path, force: bool = False, progress=print) -> dict:
     """Merge, export every component to ONNX under ``out``, validate, and write ``manifest.json``.
 
+    A UNet-only ``model`` (a UNet directory) exports just the UNet.
+
     The directory appears only when everything succeeded (temporary directory + rename).
     Returns the manifest.
     """
     options = options.checked()
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # constant folding runs ORT; keep its notices out of the way
     started = time.perf_counter()
     dynamic = options.alpha == "dynamic"
     adapter = load_adapter(options.resadapter)
     loras = [(read_lora_file(Path(p)), w) for p, w in map(parse_lora_spec, options.loras)]
     components = load_components(options.model, config=options.config)
-    if components.vae is None or components.text_encoder is None:
-        raise ResAdapterRTError(f"{options.model}: export needs a whole pipeline (UNet, VAE, text encoders), not a UNet alone")
     sdxl = components.family is SDXL
 
     unet = merge_adapter(components.unet, adapter, 0.0 if dynamic else options.alpha)
@@ -176,11 +188,12 @@ def export_pipeline(options: ExportOptions, out: Path, force: bool = False, prog
             module = TextEncoderForExport(networks[name], penultimate=sdxl, projected=(name == "text_encoder_2")).eval()
             spec = text_encoder_spec(name, networks[name], hidden)
             jobs.append((module, spec, spec.example(1), [{"label": {"batch": 3}, "inputs": spec.example(3, seed=5)}]))
-    vae = VaeDecoderForExport(components.vae).eval()
-    spec = vae_decoder_spec(components.vae)
-    jobs.append((vae, spec, spec.example(1, size // 2, size // 2),
-                 [{"label": {"width": w, "height": h, "batch": b}, "inputs": spec.example(b, h // 8, w // 8, seed=i)}
-                  for i, (w, h, b) in enumerate(options.validation_sizes[:2])]))
+    if components.vae is not None:
+        vae = VaeDecoderForExport(components.vae).eval()
+        spec = vae_decoder_spec(components.vae)
+        jobs.append((vae, spec, spec.example(1, size // 2, size // 2),
+                     [{"label": {"width": w, "height": h, "batch": b}, "inputs": spec.example(b, h // 8, w // 8, seed=i)}
+                      for i, (w, h, b) in enumerate(options.validation_sizes[:2])]))
 
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "resadapter_rt_version": __version__,
@@ -190,8 +203,8 @@ def export_pipeline(options: ExportOptions, out: Path, force: bool = False, prog
         "alpha_mode": "dynamic" if dynamic else "baked", "alpha": None if dynamic else options.alpha,
         "opset": OPSET, "dtype": options.dtype, "target": options.target,
         "torch_version": torch.__version__, "onnx_version": onnx.__version__,
-        "vae_scaling_factor": float(components.vae.config.scaling_factor),
-        "vae_scale_factor": 2 ** (len(components.vae.config.block_out_channels) - 1),
+        "vae_scaling_factor": float(components.vae.config.scaling_factor) if components.vae else None,
+        "vae_scale_factor": 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae else None,
         "components": {},
     }
     with atomic_directory(Path(out), force=force) as tmp:

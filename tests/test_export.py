@@ -107,7 +107,7 @@ def test_manifest_records_io_hashes_groupnorm_and_validation(exports):
     assert unet["sha256"] == sha256_file(exports["sdxl_dynamic"] / "unet" / "model.onnx")
     assert unet["group_norm"]["after"]["InstanceNormalization"] > 0 and unet["group_norm"]["after"]["GroupNormalization"] == 0
     assert len(unet["validation"]) == len(SMALL_SIZES) + 1  # first size at two alphas
-    assert all(r["relative_error"] < 1e-5 for c in manifest["components"].values() for r in c["validation"])
+    assert all(r["relative_error"] < 1e-4 for c in manifest["components"].values() for r in c["validation"])
     assert {(r["width"], r["height"]) for r in unet["validation"]} == {(w, h) for w, h, _ in SMALL_SIZES}
     assert set(manifest["sources"]["resadapter"]["files"]) == {"pytorch_lora_weights.safetensors", "diffusion_pytorch_model.safetensors"}
     for name in ("tokenizer", "tokenizer_2", "scheduler"):

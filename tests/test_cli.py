@@ -118,3 +118,22 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["merge", "--model", "tiny-sd15", "--resadapter", "tiny-sd15", "--out", str(out)]) == 130
     assert list(tmp_path.iterdir()) == []
+
+
+def test_single_file_checkpoints_errors(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    bare = tmp_path / "unet_only.safetensors"
+    save_file({"conv_in.weight": torch.zeros(1)}, str(bare))
+    assert main(["merge", "--model", str(bare), "--resadapter", "tiny-sd15", "--out", str(tmp_path / "o")]) == 2
+    assert "this is a bare diffusers UNet state dict; pass the directory that holds it and its config.json" in capsys.readouterr().err
+    truncated = tmp_path / "civitai.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    assert main(["merge", "--model", str(truncated), "--resadapter", "tiny-sd15", "--out", str(tmp_path / "o")]) == 2
+    assert "not a readable safetensors checkpoint; is it truncated?" in capsys.readouterr().err
+    ldm = tmp_path / "ldm.safetensors"  # LDM key layout; offline, diffusers cannot fetch its config
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(ldm))
+    assert main(["merge", "--model", str(ldm), "--resadapter", "tiny-sd15", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "could not load this single-file checkpoint" in err and "pass --config with a local diffusers pipeline directory" in err
+    assert len(err.strip().splitlines()) == 1

@@ -25,13 +25,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .adapter import load_adapter
-    from .files import atomic_directory
+    from .files import atomic_directory, check_output_dir
     from .lora import read_lora_file
     from .merge import apply_lora, merge_adapter, parse_alpha, parse_lora_spec
     from .models import load_components
     from .provenance import merge_record
 
     alpha = parse_alpha(args.alpha)
+    check_output_dir(Path(args.out), args.force)
     specs = [parse_lora_spec(s) for s in args.lora]
     adapter = load_adapter(args.resadapter)
     loras = [(read_lora_file(Path(path)), weight) for path, weight in specs]
@@ -97,9 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress_bars() -> None:
+    """Our own progress lines say what is happening; per-file bars from the libraries are noise."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    _quiet_library_progress_bars()
     try:
         return args.handler(args)
     except ResAdapterRTError as exc:

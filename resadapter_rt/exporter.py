@@ -21,7 +21,7 @@ from .adapter import load_adapter
 from .dynamic_alpha import attach_lora_branches
 from .errors import ResAdapterRTError
 from .families import SDXL
-from .files import atomic_directory
+from .files import atomic_directory, check_output_dir
 from .lora import read_lora_file
 from .merge import merge_adapter, merge_loras, parse_alpha, parse_lora_spec
 from .models import load_components
@@ -156,6 +156,7 @@ def export_pipeline(options: ExportOptions, out: Path, force: bool = False, prog
     Returns the manifest.
     """
     options = options.checked()
+    check_output_dir(Path(out), force)
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)  # constant folding runs ORT; keep its notices out of the way

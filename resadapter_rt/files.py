@@ -52,6 +52,20 @@ def read_tensor_pickle(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_output_dir(final: Path, force: bool = False) -> None:
+    """Fail early (before any expensive work) if ``final`` cannot become a fresh output directory."""
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise ResAdapterRTError(f"{final}: exists and is not a directory; choose another --out")
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise ResAdapterRTError(f"{final}: directory is not empty; pass --force to replace it or choose another --out")
+    for ancestor in final.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+                raise ResAdapterRTError(f"{final}: cannot write here ({ancestor} is not a writable directory); choose a writable --out")
+            break
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; on success it replaces ``final`` in one rename.
@@ -60,10 +74,7 @@ def atomic_directory(final: Path, force: bool = False) -> Iterator[Path]:
     never left where it would be picked up.
     """
     final = Path(final)
-    if final.exists() and not final.is_dir():
-        raise ResAdapterRTError(f"{final}: exists and is not a directory; choose another --out")
-    if final.is_dir() and any(final.iterdir()) and not force:
-        raise ResAdapterRTError(f"{final}: directory is not empty; pass --force to replace it or choose another --out")
+    check_output_dir(final, force)
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="merge and export UNet, text encoder(s) and VAE decoder to validated ONNX")
     _add_model_arguments(export)
-    export.add_argument("--dtype", default="fp32", help="fp32 (default)")
+    export.add_argument("--dtype", default="fp32", help="fp32 (default) | fp16 (GroupNorm statistics and IO stay fp32; SDXL VAE stays fp32)")
     export.add_argument("--target", default="cpu", help="cpu | tensorrt | cuda: picks the GroupNorm form (default cpu)")
     export.add_argument("--out", help="output directory (default: export/<model>--<adapter>--<alpha>--<target>)")
     export.add_argument("--force", action="store_true", help="replace a non-empty output directory")

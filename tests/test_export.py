@@ -178,3 +178,25 @@ def test_unet_only_export(tmp_path):
                                tmp_path / "out", progress=quiet)
     assert set(manifest["components"]) == {"unet"}
     assert onnx.load(str(tmp_path / "out" / "unet" / "model.onnx")).graph.output[0].name == "out_sample"
+
+
+def test_fp16_export_keeps_groupnorm_fp32_and_matches_fp32_pytorch(tmp_path):
+    manifest = export_pipeline(ExportOptions(model="tiny-sdxl", resadapter="tiny-sdxl", alpha=0.5, dtype="fp16",
+                                             validation_sizes=((1000, 600, 1),)), tmp_path / "fp16", progress=quiet)
+    unet = manifest["components"]["unet"]
+    assert manifest["dtype"] == "fp16" and unet["dtype"] == "fp16" and unet["io_dtype"] == "fp32"
+    assert manifest["components"]["vae_decoder"]["dtype"] == "fp32"  # SDXL VAE overflows in fp16
+    assert manifest["components"]["text_encoder_2"]["dtype"] == "fp32"
+    graph = onnx.load(str(tmp_path / "fp16" / "unet" / "model.onnx")).graph
+    weights = {t.name: t.data_type for t in graph.initializer}
+    conv_weights = [weights[n.input[1]] for n in graph.node if n.op_type == "Conv" and n.input[1] in weights]
+    assert conv_weights and set(conv_weights) == {onnx.TensorProto.FLOAT16}
+    norm_inputs = [weights.get(n.input[1]) for n in graph.node if n.op_type == "InstanceNormalization"]
+    assert norm_inputs and set(norm_inputs) <= {onnx.TensorProto.FLOAT, None}  # statistics in fp32
+    errors = [r["relative_error"] for r in unet["validation"]]
+    assert all(1e-6 < e < 2e-2 for e in errors), errors  # really fp16, and still close to fp32 PyTorch
+
+
+def test_unknown_dtype(tmp_path, capsys):
+    assert main(["export", "--model", "tiny-sd15", "--resadapter", "tiny-sd15", "--dtype", "int8", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown dtype 'int8'; choose fp32 or fp16"

@@ -1,0 +1,103 @@
+"""One runner interface for every backend; the generation loop sees only this.
+
+A runner maps named CPU/GPU torch tensors to named torch tensors. Backends:
+``torch`` (reference; rebuilt from the export's recorded sources), ``onnxruntime`` (CPU provider,
+CUDA/TensorRT providers when onnxruntime-gpu is installed). ``tensorrt`` arrives with the engines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .errors import ResAdapterRTError
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+class Runner(Protocol):
+    """Executes one network."""
+
+    input_names: tuple[str, ...]
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+class OnnxRuntimeRunner:
+    """An ONNX Runtime session; the best available provider first (TensorRT, CUDA, then CPU)."""
+
+    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        preferred = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=preferred)
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        feed = {name: inputs[name].detach().cpu().numpy() for name in self.input_names}
+        outputs = self.session.run(None, feed)
+        return {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in zip(self.output_names, outputs)}
+
+
+class TorchRunner:
+    """A PyTorch module behind the same named-tensor interface (the export wrappers' signatures)."""
+
+    def __init__(self, module: torch.nn.Module, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
+        self.module = module.eval()
+        self.input_names, self.output_names = input_names, output_names
+
+    @torch.inference_mode()
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.module(*(inputs[name] for name in self.input_names))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return dict(zip(self.output_names, outputs))
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ResAdapterRTError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "tensorrt":
+        raise ResAdapterRTError("backend 'tensorrt' needs engines from `resadapter-rt build`, which is not built yet; use onnxruntime or torch")
+    return name
+
+
+def onnxruntime_runners(directory: Path, manifest: dict) -> dict[str, Runner]:
+    return {name: OnnxRuntimeRunner(directory / spec["path"]) for name, spec in manifest["components"].items()}
+
+
+def torch_runners(manifest: dict) -> dict[str, Runner]:
+    """Rebuild the merged PyTorch networks from the sources the manifest records (same merge as export)."""
+    from .adapter import load_adapter
+    from .dynamic_alpha import attach_lora_branches
+    from .families import SDXL
+    from .lora import read_lora_file
+    from .merge import merge_adapter, merge_loras
+    from .models import load_components
+    from .onnx_specs import TextEncoderForExport, UNetForExport, VaeDecoderForExport
+
+    sources = manifest["sources"]
+    components = load_components(sources["model"])
+    adapter = load_adapter(sources["resadapter"]["source"])
+    dynamic = manifest["alpha_mode"] == "dynamic"
+    unet = merge_adapter(components.unet, adapter, 0.0 if dynamic else manifest["alpha"], inplace=True)
+    alpha = attach_lora_branches(unet, adapter) if dynamic else None
+    networks = {"unet": unet, **{n: getattr(components, n) for n in ("text_encoder", "text_encoder_2") if getattr(components, n) is not None}}
+    merge_loras(networks, [(read_lora_file(Path(item["source"])), item["weight"]) for item in sources["loras"]])
+    sdxl = components.family is SDXL
+    specs = manifest["components"]
+    io = {name: (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"])) for name, spec in specs.items()}
+    runners: dict[str, Runner] = {"unet": TorchRunner(UNetForExport(unet, sdxl, alpha), *io["unet"])}
+    for name in ("text_encoder", "text_encoder_2"):
+        if name in specs:
+            module = TextEncoderForExport(networks[name], penultimate=sdxl, projected=(name == "text_encoder_2"))
+            runners[name] = TorchRunner(module, *io[name])
+    runners["vae_decoder"] = TorchRunner(VaeDecoderForExport(components.vae), *io["vae_decoder"])
+    return runners

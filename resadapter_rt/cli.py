@@ -76,6 +76,97 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save_png(image, path: Path, parameters: dict) -> None:
+    """PNG with the generation parameters in its text metadata, written atomically."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", json.dumps(parameters))
+    info.add_text("Software", "resadapter-rt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+
+
+def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, output: Path, quiet: bool) -> None:
+    from tqdm import tqdm
+
+    bar = None if quiet else tqdm(total=args.steps, desc=f"{width}x{height}", unit="step", file=sys.stderr, leave=False)
+    result = pipe(args.prompt, height=height, width=width, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  negative_prompt=args.negative_prompt, seed=args.seed, num_images_per_prompt=args.num_images,
+                  resadapter_alpha=args.alpha, scheduler=args.scheduler,
+                  callback=None if bar is None else (lambda done, total: bar.update(1)))
+    if bar is not None:
+        bar.close()
+    paths = [output if i == 0 else output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(result.images))]
+    for index, (image, path) in enumerate(zip(result.images, paths)):
+        _save_png(image, path, {**result.parameters, "image_index": index})
+    print(f"{', '.join(map(str, paths))}: {width}x{height}, alpha {result.alpha:g} ({result.parameters['alpha_mode']}), "
+          f"{pipe.backend} | {result.timings.summary()}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline import ResAdapterPipeline
+
+    _check_generation_args(args)
+    pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend)
+    _generate_images(pipe, args, args.width, args.height, Path(args.output), args.quiet)
+    return 0
+
+
+def _check_generation_args(args: argparse.Namespace) -> None:
+    from .schedulers import SCHEDULERS
+    from .runners import check_backend
+
+    check_backend(args.backend)
+    if args.scheduler not in SCHEDULERS:
+        raise ResAdapterRTError(f"unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if args.alpha != "auto":
+        from .merge import parse_alpha
+
+        parse_alpha(args.alpha)
+
+
+DEMO_SIZES = ((512, 512), (1000, 600), (328, 200), (384, 768))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .exporter import ExportOptions, export_pipeline, read_manifest
+    from .pipeline import ResAdapterPipeline
+
+    artifacts = Path(args.artifacts)
+    try:
+        read_manifest(artifacts)
+        print(f"using the existing export {artifacts}")
+    except ResAdapterRTError:
+        print(f"exporting the built-in tiny SD1.5 model with its tiny ResAdapter (dynamic alpha) to {artifacts} ...")
+        export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic"), artifacts, force=True,
+                        progress=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    _check_generation_args(args)
+    pipe = ResAdapterPipeline.from_artifacts(artifacts, backend=args.backend)
+    for width, height in DEMO_SIZES:
+        _generate_images(pipe, args, width, height, Path(args.output_dir) / f"demo-{width}x{height}.png", args.quiet)
+    print("note: the built-in tiny model has random weights, so these images are structured noise; "
+          "run `resadapter-rt export --model <your pipeline> --resadapter <adapter>` for real ones")
+    return 0
+
+
+def _add_generation_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    from .schedulers import DEFAULT_SCHEDULER
+
+    parser.add_argument("--prompt", default=defaults.get("prompt"), required="prompt" not in defaults, help="text prompt")
+    parser.add_argument("--negative-prompt", help="negative prompt (default: none)")
+    parser.add_argument("--steps", type=int, default=defaults.get("steps", 25), help="inference steps (default %(default)s)")
+    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="dpm++2m-karras | dpm++2m | euler | euler-a | ddim | lcm")
+    parser.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7.0; <= 1 disables)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--alpha", default="auto", help="ResAdapter alpha for dynamic exports: a number in [0, 2] or auto")
+    parser.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) | torch | tensorrt")
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resadapter-rt", description="ResAdapter merge / export / run for SD1.5 and SDXL.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -95,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     export.set_defaults(handler=_cmd_export)
+
+    generate = commands.add_parser("generate", help="generate images from an export directory")
+    generate.add_argument("--artifacts", required=True, help="export directory (from `resadapter-rt export`)")
+    generate.add_argument("--width", type=int, required=True, help="pixels, a multiple of 8")
+    generate.add_argument("--height", type=int, required=True, help="pixels, a multiple of 8")
+    generate.add_argument("-o", "--output", default="out.png", help="PNG path (more images get -1, -2 ... suffixes)")
+    _add_generation_arguments(generate, {})
+    generate.set_defaults(handler=_cmd_generate)
+
+    demo = commands.add_parser("demo", help="the whole path on the built-in tiny model, offline: export if missing, then generate")
+    demo.add_argument("--artifacts", default="export/tiny-sd15-demo", help="export directory to use or create")
+    demo.add_argument("--output-dir", default="outputs", help="where the PNGs go (default outputs/)")
+    _add_generation_arguments(demo, {"prompt": "a watercolor fox in a misty forest", "steps": 8})
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 

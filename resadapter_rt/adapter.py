@@ -82,13 +82,13 @@ def load_adapter(
     ``diffusion_pytorch_model.safetensors`` or ``groupnorm_state_dict.pt``), a single LoRA file,
     ``owner/repo/subfolder`` on the hub, or ``tiny-sd15`` / ``tiny-sdxl``.
     """
+    if source is None and lora_file is None:
+        raise ResAdapterRTError("no ResAdapter given: pass a directory, a hub id, or the LoRA file")
+    label = str(source) if source is not None else str(lora_file)
     if source is not None and str(source) in ("tiny-sd15", "tiny-sdxl"):
         from .tiny import tiny_adapter_dir
 
         source = tiny_adapter_dir(FAMILIES[str(source).removeprefix("tiny-")])
-    if source is None and lora_file is None:
-        raise ResAdapterRTError("no ResAdapter given: pass a directory, a hub id, or the LoRA file")
-    label = str(source) if source is not None else str(lora_file)
     if source is not None:
         path = resolve_reference(source, "ResAdapter", patterns=["*.safetensors", "*.json", LEGACY_NORM_FILE])
         if path.is_dir():

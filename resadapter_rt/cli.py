@@ -167,6 +167,64 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, defaults: dict) -
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _default_engine_dir(args: argparse.Namespace) -> Path:
+    return Path("engines") / _default_export_dir(args).name
+
+
+def _export_matches(directory: Path, options) -> bool:
+    """An existing validated export made from the same sources and settings can be reused."""
+    from .exporter import read_manifest
+
+    try:
+        manifest = read_manifest(directory)
+    except ResAdapterRTError:
+        return False
+    sources = manifest["sources"]
+    alpha = "dynamic" if manifest["alpha_mode"] == "dynamic" else manifest["alpha"]
+    wanted_alpha = "dynamic" if options.alpha == "dynamic" else float(options.alpha)
+    return (sources["model"] == options.model and sources["resadapter"]["source"] == options.resadapter
+            and alpha == wanted_alpha and manifest["dtype"] == options.dtype
+            and [item["source"] for item in sources["loras"]] == [s.rpartition(":")[0] or s for s in options.loras])
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .engines import BuildOptions, build_engines
+    from .exporter import ExportOptions, export_pipeline, read_manifest
+    from .profiles import ResolutionProfile, preset_for
+
+    profiles = [ResolutionProfile.parse(spec) for spec in args.profile]
+    profiles += [ResolutionProfile.static(size) for size in args.static]
+    out = Path(args.out) if args.out else _default_engine_dir(args)
+    options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
+                            dtype=args.dtype, target="tensorrt", config=args.config).checked()
+    BuildOptions(profiles=tuple(profiles) or (ResolutionProfile.parse("128-1024"),), precision=args.precision,
+                 optimization_level=args.opt_level)  # validate flags before the long export
+    progress = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    export_dir = out / "onnx"
+    if not args.force and _export_matches(export_dir, options):
+        progress(f"[build] reusing the validated export in {export_dir}")
+    else:
+        export_pipeline(options, export_dir, force=True, progress=progress)
+    manifest = read_manifest(export_dir)
+    profiles = profiles or [preset_for(args.resadapter, manifest["family"])]
+    build = BuildOptions(profiles=tuple(profiles), precision=args.precision, optimization_level=args.opt_level,
+                         refittable=args.refittable, strongly_typed=args.strongly_typed)
+    (out / "build_request.json").write_text(json.dumps({**build.key_material(), "profiles": [p.to_json() for p in profiles]}, indent=2))
+    try:
+        result = build_engines(out, build, force=args.force, progress=progress)
+    except ResAdapterRTError as exc:
+        raise ResAdapterRTError(f"{exc}; the validated export is kept in {export_dir} (see `resadapter-rt inspect {out}`)") from None
+    print(f"engines in {out}: built {', '.join(result.built) or 'none'}; reused {', '.join(result.reused) or 'none'}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import describe_artifacts
+
+    print(describe_artifacts(Path(args.directory), args.size))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resadapter-rt", description="ResAdapter merge / export / run for SD1.5 and SDXL.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -186,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     export.set_defaults(handler=_cmd_export)
+
+    build = commands.add_parser("build", help="merge, export (kept inside the engine dir) and build TensorRT engines")
+    _add_model_arguments(build)
+    build.add_argument("--dtype", default="fp32", help="ONNX dtype of the kept export (default fp32)")
+    build.add_argument("--profile", action="append", default=[], metavar="SPEC",
+                       help="MIN-MAX[@AMIN-AMAX][,opt=WxH][,batch=A-B][,tokens=A-B] (repeatable: one engine, several profiles); "
+                            "default: the adapter's model-card preset")
+    build.add_argument("--static", action="append", default=[], metavar="WxH", help="a one-size profile (repeatable)")
+    build.add_argument("--precision", default="fp16", help="fp16 (default) | bf16 | fp32")
+    build.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5 (default 3)")
+    build.add_argument("--refittable", action="store_true", help="build refittable engines")
+    build.add_argument("--strongly-typed", action="store_true", help="strongly typed network (precision from the ONNX)")
+    build.add_argument("--out", help="engine directory (default: engines/<model>--<adapter>--<alpha>--tensorrt)")
+    build.add_argument("--force", action="store_true", help="re-export and rebuild even if cached")
+    build.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    build.set_defaults(handler=_cmd_build, target="tensorrt")
+
+    inspect = commands.add_parser("inspect", help="describe an export or engine directory")
+    inspect.add_argument("directory")
+    inspect.add_argument("--size", metavar="WxH", help="say whether this size is covered")
+    inspect.set_defaults(handler=_cmd_inspect)
 
     generate = commands.add_parser("generate", help="generate images from an export directory")
     generate.add_argument("--artifacts", required=True, help="export directory (from `resadapter-rt export`)")

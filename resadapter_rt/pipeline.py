@@ -16,12 +16,10 @@ from .alpha_policy import auto_alpha
 from .errors import ResAdapterRTError
 from .exporter import read_manifest
 from .onnx_specs import ALPHA_INPUT
+from .profiles import FAMILY_PIXEL_RANGE
 from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
 
-# Pixel sizes an export serves (every multiple of 8 inside), per family; the official adapters'
-# model-card ranges (v2_sd1.5 128-1024 px, v2_sdxl 256-1536 px).
-COVERAGE = {"sd15": (128, 1024), "sdxl": (256, 1536)}
 
 
 @dataclass
@@ -73,31 +71,58 @@ class ResAdapterPipeline:
         self.tokenizers = [CLIPTokenizer.from_pretrained(directory / name) for name in ("tokenizer", "tokenizer_2") if (directory / name).is_dir()]
         self.scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
         self.unet_inputs = runners["unet"].input_names
+        self.profiles = None  # engine profiles (TensorRT backends); None: the export's per-side range
+        self.device = "cuda" if backend == "tensorrt" else "cpu"
 
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime") -> "ResAdapterPipeline":
+        """An export directory, or an engine directory from ``resadapter-rt build`` (its export is in ``onnx/``)."""
+        from .profiles import ResolutionProfile, preset_for
+        from .runners import onnxruntime_tensorrt_runners, tensorrt_runners
+
         directory = Path(directory)
         if not directory.is_dir():
             raise ResAdapterRTError(f"{directory}: no such artifacts directory; create it with `resadapter-rt export --out {directory} ...`")
-        manifest = read_manifest(directory)
         check_backend(backend)
-        runners = onnxruntime_runners(directory, manifest) if backend == "onnxruntime" else torch_runners(manifest)
-        return cls(directory, manifest, runners, backend)
+        export_dir = directory / "onnx" if (directory / "onnx").is_dir() else directory
+        manifest = read_manifest(export_dir)
+        profiles = None
+        if backend == "onnxruntime":
+            runners = onnxruntime_runners(export_dir, manifest)
+        elif backend == "torch":
+            runners = torch_runners(manifest)
+        else:
+            engine_manifest = directory / "manifest.json"
+            specs = json.loads(engine_manifest.read_text()).get("profiles", []) if engine_manifest.is_file() and export_dir != directory else []
+            profiles = [ResolutionProfile.parse(p["spec"]) for p in specs] or [preset_for(manifest["sources"]["resadapter"]["source"], manifest["family"])]
+            runners = tensorrt_runners(directory) if backend == "tensorrt" else \
+                onnxruntime_tensorrt_runners(export_dir, manifest, profiles, directory / "ort_trt_cache")
+        pipe = cls(export_dir, manifest, runners, backend)
+        pipe.profiles = profiles
+        return pipe
 
     # -- checks -------------------------------------------------------------------------------
     def covered_range(self) -> tuple[int, int]:
-        return COVERAGE[self.family]
+        """Pixels per side an export serves (every multiple of 8 inside): the family's model-card range."""
+        return FAMILY_PIXEL_RANGE[self.family]
 
     def _check_request(self, prompt, height, width, steps, guidance, negative_prompt, images_per_prompt) -> None:
         low, high = self.covered_range()
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value % 8:
                 raise ResAdapterRTError(f"{name} {value} is not a multiple of 8 px; use e.g. {max(8, int(value) // 8 * 8)}")
-            if not low <= value <= high:
+            if self.profiles is None and not low <= value <= high:
                 raise ResAdapterRTError(
                     f"{name} {value} px is outside what {self.directory} covers ({low}-{high} px per side, every multiple of 8); "
                     f"choose a size in that range, or export a model whose adapter covers it"
                 )
+        batch = (1 if isinstance(prompt, str) else len(prompt or [])) * images_per_prompt
+        if self.profiles is not None and not any(p.covers(width, height, batch) for p in self.profiles):
+            listed = "; ".join(p.describe() for p in self.profiles)
+            raise ResAdapterRTError(
+                f"{width}x{height} (batch {batch}) is not covered by the engine profiles ({listed}); build one that covers it, "
+                f"e.g. `resadapter-rt build ... --profile {min(width, height)}-{max(width, height)},opt={width}x{height} "
+                f"--profile <existing specs>`")
         if not isinstance(steps, int) or steps <= 0:
             raise ResAdapterRTError(f"steps must be a positive integer, got {steps!r}")
         if not np.isfinite(guidance) or guidance < 0:
@@ -186,22 +211,22 @@ class ResAdapterPipeline:
 
         batch = len(prompts)
         scale = self.manifest["vae_scale_factor"]
-        latents = torch.randn((batch, 4, height // scale, width // scale), generator=generator, dtype=torch.float32)
+        latents = torch.randn((batch, 4, height // scale, width // scale), generator=generator, dtype=torch.float32).to(self.device)
         sched.set_timesteps(num_inference_steps)
         latents = latents * sched.init_noise_sigma
         static = {"encoder_hidden_states": embeds}
         if self.sdxl:
-            time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(embeds.shape[0], 1)
+            time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=self.device).repeat(embeds.shape[0], 1)
             static |= {"text_embeds": pooled, "time_ids": time_ids}
         if ALPHA_INPUT in self.unet_inputs:
-            static[ALPHA_INPUT] = torch.tensor(alpha, dtype=torch.float32)
+            static[ALPHA_INPUT] = torch.tensor(alpha, dtype=torch.float32, device=self.device)
         step_kwargs = {"generator": generator} if "generator" in _step_parameters(sched) else {}
 
         loop_start = time.perf_counter()
         for index, t in enumerate(sched.timesteps):
             model_input = torch.cat([latents, latents]) if cfg else latents
             model_input = sched.scale_model_input(model_input, t)
-            timestep = t.to(torch.float32).expand(model_input.shape[0]).contiguous()
+            timestep = t.to(self.device, torch.float32).expand(model_input.shape[0]).contiguous()
             tick = time.perf_counter()
             noise = self.runners["unet"](sample=model_input, timestep=timestep, **static)["out_sample"]
             timings.unet_steps.append(time.perf_counter() - tick)
@@ -218,14 +243,14 @@ class ResAdapterPipeline:
             tick = time.perf_counter()
             decoded = self.runners["vae_decoder"](latent_sample=latents / self.manifest["vae_scaling_factor"])["sample"]
             timings.decode = time.perf_counter() - tick
-            pixels = ((decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+            pixels = ((decoded.float().cpu() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
             images = [Image.fromarray(p) for p in pixels]
         timings.total = time.perf_counter() - started
         parameters = {"prompt": prompts[0], "negative_prompt": (negatives or [""])[0], "width": width, "height": height,
                       "steps": num_inference_steps, "scheduler": scheduler, "guidance_scale": guidance_scale,
                       "seed": seed, "resadapter_alpha": alpha, "alpha_mode": self.manifest["alpha_mode"],
                       "backend": self.backend, "family": self.family}
-        return GenerationOutput(images=images, latents=latents, alpha=alpha, timings=timings, parameters=parameters)
+        return GenerationOutput(images=images, latents=latents.cpu(), alpha=alpha, timings=timings, parameters=parameters)
 
 
 def _step_parameters(scheduler) -> set[str]:

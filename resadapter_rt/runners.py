@@ -15,7 +15,7 @@ import torch
 
 from .errors import ResAdapterRTError
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BACKENDS = ("onnxruntime", "torch", "tensorrt", "onnxruntime-tensorrt")
 
 
 class Runner(Protocol):
@@ -64,9 +64,43 @@ class TorchRunner:
 def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise ResAdapterRTError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "tensorrt":
-        raise ResAdapterRTError("backend 'tensorrt' needs engines from `resadapter-rt build`, which is not built yet; use onnxruntime or torch")
     return name
+
+
+def tensorrt_runners(directory: Path) -> dict[str, Runner]:
+    """Engines of a ``resadapter-rt build`` directory, after checking they fit this TensorRT and GPU."""
+    import json
+
+    from .engines import ENGINE_FORMAT, check_engine_manifest, tensorrt_environment
+    from .trt_runner import TensorRTRunner
+
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if manifest.get("format") != ENGINE_FORMAT:
+        raise ResAdapterRTError(f"{directory}: no TensorRT engines here; build them with `resadapter-rt build --out {directory} ...`")
+    sources = manifest["sources"]
+    rebuild = f"resadapter-rt build --model {sources['model']} --resadapter {sources['resadapter']['source']} --out {directory} --force"
+    check_engine_manifest(directory, manifest, tensorrt_environment(), rebuild)
+    return {name: TensorRTRunner(directory / spec["engine"]) for name, spec in manifest["components"].items()}
+
+
+def onnxruntime_tensorrt_runners(directory: Path, manifest: dict, profiles: list, cache_dir: Path) -> dict[str, Runner]:
+    """ONNX Runtime's TensorRT execution provider with explicit profiles (needs onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    from .engines import export_dims
+    from .ort_tensorrt import tensorrt_provider_options
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        raise ResAdapterRTError("backend 'onnxruntime-tensorrt' needs onnxruntime-gpu with TensorRT (pip install onnxruntime-gpu "
+                                "plus TensorRT); this onnxruntime offers " + ", ".join(ort.get_available_providers()))
+    dims = export_dims(manifest)
+    runners: dict[str, Runner] = {}
+    for name, spec in manifest["components"].items():
+        options = tensorrt_provider_options(name, profiles, dims, cache_dir / name)
+        providers = [("TensorrtExecutionProvider", options), "CUDAExecutionProvider"]
+        runners[name] = OnnxRuntimeRunner(directory / spec["path"], providers=providers)
+    return runners
 
 
 def onnxruntime_runners(directory: Path, manifest: dict) -> dict[str, Runner]:

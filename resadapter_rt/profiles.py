@@ -49,13 +49,13 @@ class ResolutionProfile:
             raise ResAdapterRTError(f"profile {text}: minimum {self.min_px} px exceeds maximum {self.max_px} px")
         if not 0 < self.min_aspect <= self.max_aspect:
             raise ResAdapterRTError(f"profile {text}: aspect range must be 0 < min <= max")
-        if not self.covers(self.opt_width, self.opt_height):
-            raise ResAdapterRTError(f"profile {text}: opt size {self.opt_width}x{self.opt_height} is outside the profile")
         for name, (low, opt, high) in (("batch", self.batch), ("tokens", self.tokens)):
             if not 0 < low <= opt <= high:
                 raise ResAdapterRTError(f"profile {text}: {name} range must satisfy 0 < min <= opt <= max")
         if any(t % TOKEN_CHUNK for t in self.tokens):
             raise ResAdapterRTError(f"profile {text}: token counts must be multiples of {TOKEN_CHUNK}")
+        if not self.covers(self.opt_width, self.opt_height, self.batch[0], self.tokens[0]):
+            raise ResAdapterRTError(f"profile {text}: opt size {self.opt_width}x{self.opt_height} is outside the profile")
 
     @classmethod
     def parse(cls, spec: str) -> "ResolutionProfile":

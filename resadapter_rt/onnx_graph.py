@@ -16,12 +16,14 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def group_norm_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """How GroupNorm appears: the InstanceNorm pattern, opset-21 GroupNormalization, or ORT's fused op."""
+    """How GroupNorm appears: the InstanceNorm pattern, opset-21 GroupNormalization, or ORT's fused ops
+    (``SkipGroupNorm`` is GroupNorm with the residual Add before it folded in)."""
     counts = op_counts(model)
     return {
         "InstanceNormalization": counts.get("InstanceNormalization", 0),
         "GroupNormalization": counts.get("GroupNormalization", 0),
         "com.microsoft.GroupNorm": sum(1 for n in model.graph.node if n.op_type == "GroupNorm" and n.domain == "com.microsoft"),
+        "com.microsoft.SkipGroupNorm": sum(1 for n in model.graph.node if n.op_type == "SkipGroupNorm" and n.domain == "com.microsoft"),
     }
 
 

@@ -72,13 +72,18 @@ class ResAdapterPipeline:
         self.scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
         self.unet_inputs = runners["unet"].input_names
         self.profiles = None  # engine profiles (TensorRT backends); None: the export's per-side range
+        self.fused_group_norm_pairs = 0  # GroupNorm -> SiLU pairs running as one fused kernel (torch backend)
         self.device = "cuda" if backend == "tensorrt" else "cpu"
 
     @classmethod
-    def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime") -> "ResAdapterPipeline":
-        """An export directory, or an engine directory from ``resadapter-rt build`` (its export is in ``onnx/``)."""
+    def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime",
+                       fused_group_norm: bool | None = None) -> "ResAdapterPipeline":
+        """An export directory, or an engine directory from ``resadapter-rt build`` (its export is in ``onnx/``).
+
+        ``fused_group_norm`` applies to the torch backend (default: on with CUDA and Triton).
+        """
         from .profiles import ResolutionProfile, preset_for
-        from .runners import onnxruntime_tensorrt_runners, tensorrt_runners
+        from .runners import onnxruntime_tensorrt_runners, tensorrt_runners, torch_device
 
         directory = Path(directory)
         if not directory.is_dir():
@@ -86,11 +91,11 @@ class ResAdapterPipeline:
         check_backend(backend)
         export_dir = directory / "onnx" if (directory / "onnx").is_dir() else directory
         manifest = read_manifest(export_dir)
-        profiles = None
+        profiles, fused = None, 0
         if backend == "onnxruntime":
             runners = onnxruntime_runners(export_dir, manifest)
         elif backend == "torch":
-            runners = torch_runners(manifest)
+            runners, fused = torch_runners(manifest, fused_group_norm)
         else:
             engine_manifest = directory / "manifest.json"
             specs = json.loads(engine_manifest.read_text()).get("profiles", []) if engine_manifest.is_file() and export_dir != directory else []
@@ -98,7 +103,9 @@ class ResAdapterPipeline:
             runners = tensorrt_runners(directory) if backend == "tensorrt" else \
                 onnxruntime_tensorrt_runners(export_dir, manifest, profiles, directory / "ort_trt_cache")
         pipe = cls(export_dir, manifest, runners, backend)
-        pipe.profiles = profiles
+        pipe.profiles, pipe.fused_group_norm_pairs = profiles, fused
+        if backend == "torch":
+            pipe.device = torch_device()
         return pipe
 
     # -- checks -------------------------------------------------------------------------------

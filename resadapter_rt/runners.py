@@ -50,13 +50,14 @@ class OnnxRuntimeRunner:
 class TorchRunner:
     """A PyTorch module behind the same named-tensor interface (the export wrappers' signatures)."""
 
-    def __init__(self, module: torch.nn.Module, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
-        self.module = module.eval()
-        self.input_names, self.output_names = input_names, output_names
+    def __init__(self, module: torch.nn.Module, input_names: tuple[str, ...], output_names: tuple[str, ...],
+                 device: str = "cpu") -> None:
+        self.module = module.eval().to(device)
+        self.input_names, self.output_names, self.device = input_names, output_names, device
 
     @torch.inference_mode()
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = self.module(*(inputs[name] for name in self.input_names))
+        outputs = self.module(*(inputs[name].to(self.device) for name in self.input_names))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return dict(zip(self.output_names, outputs))
 
@@ -107,8 +108,23 @@ def onnxruntime_runners(directory: Path, manifest: dict) -> dict[str, Runner]:
     return {name: OnnxRuntimeRunner(directory / spec["path"]) for name, spec in manifest["components"].items()}
 
 
-def torch_runners(manifest: dict) -> dict[str, Runner]:
-    """Rebuild the merged PyTorch networks from the sources the manifest records (same merge as export)."""
+def torch_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fused_group_norm_default() -> bool:
+    """The fused GroupNorm(+SiLU) switch is on by default where its Triton kernel compiles: CUDA + Triton."""
+    from .kernels import triton_available
+
+    return torch.cuda.is_available() and triton_available()
+
+
+def torch_runners(manifest: dict, fused_group_norm: bool | None = None) -> tuple[dict[str, Runner], int]:
+    """Rebuild the merged PyTorch networks from the sources the manifest records (same merge as export).
+
+    With ``fused_group_norm`` (default: on with CUDA and Triton) every GroupNorm -> SiLU pair of the
+    UNet and VAE decoder runs as one fused kernel; returns the runners and how many pairs were fused.
+    """
     from .adapter import load_adapter
     from .dynamic_alpha import attach_lora_branches
     from .families import SDXL
@@ -126,12 +142,18 @@ def torch_runners(manifest: dict) -> dict[str, Runner]:
     networks = {"unet": unet, **{n: getattr(components, n) for n in ("text_encoder", "text_encoder_2") if getattr(components, n) is not None}}
     merge_loras(networks, [(read_lora_file(Path(item["source"])), item["weight"]) for item in sources["loras"]])
     sdxl = components.family is SDXL
+    fused = 0
+    if fused_group_norm_default() if fused_group_norm is None else fused_group_norm:
+        from .kernels.fuse import fuse_group_norm_silu
+
+        fused = fuse_group_norm_silu(unet) + fuse_group_norm_silu(components.vae.decoder)
+    device = torch_device()
     specs = manifest["components"]
     io = {name: (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"])) for name, spec in specs.items()}
-    runners: dict[str, Runner] = {"unet": TorchRunner(UNetForExport(unet, sdxl, alpha), *io["unet"])}
+    runners: dict[str, Runner] = {"unet": TorchRunner(UNetForExport(unet, sdxl, alpha), *io["unet"], device=device)}
     for name in ("text_encoder", "text_encoder_2"):
         if name in specs:
             module = TextEncoderForExport(networks[name], penultimate=sdxl, projected=(name == "text_encoder_2"))
-            runners[name] = TorchRunner(module, *io[name])
-    runners["vae_decoder"] = TorchRunner(VaeDecoderForExport(components.vae), *io["vae_decoder"])
-    return runners
+            runners[name] = TorchRunner(module, *io[name], device=device)
+    runners["vae_decoder"] = TorchRunner(VaeDecoderForExport(components.vae), *io["vae_decoder"], device=device)
+    return runners, fused

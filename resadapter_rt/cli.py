@@ -225,6 +225,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_cpu_suite
+
+    record = run_cpu_suite(Path(args.results), full_size=args.full_size, repeats=args.repeats)
+    print((Path(args.results) / "cpu_bench.md").read_text())
+    return 0 if record else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resadapter-rt", description="ResAdapter merge / export / run for SD1.5 and SDXL.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -265,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory")
     inspect.add_argument("--size", metavar="WxH", help="say whether this size is covered")
     inspect.set_defaults(handler=_cmd_inspect)
+
+    bench = commands.add_parser("bench", help="CPU benchmark suite: UNet step per backend, end to end vs diffusers, scaling")
+    bench.add_argument("--results", default="benchmarks/results", help="where JSON/PNG/Markdown go")
+    bench.add_argument("--full-size", action="store_true", help="also the full-size SD1.5 UNet (minutes, ~15 GiB RAM)")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.set_defaults(handler=_cmd_bench)
 
     generate = commands.add_parser("generate", help="generate images from an export directory")
     generate.add_argument("--artifacts", required=True, help="export directory (from `resadapter-rt export`)")

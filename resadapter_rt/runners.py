@@ -146,7 +146,7 @@ def torch_runners(manifest: dict, fused_group_norm: bool | None = None) -> tuple
     if fused_group_norm_default() if fused_group_norm is None else fused_group_norm:
         from .kernels.fuse import fuse_group_norm_silu
 
-        fused = fuse_group_norm_silu(unet) + fuse_group_norm_silu(components.vae.decoder)
+        fused = fuse_group_norm_silu(unet) + (fuse_group_norm_silu(components.vae.decoder) if components.vae else 0)
     device = torch_device()
     specs = manifest["components"]
     io = {name: (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"])) for name, spec in specs.items()}
@@ -155,5 +155,6 @@ def torch_runners(manifest: dict, fused_group_norm: bool | None = None) -> tuple
         if name in specs:
             module = TextEncoderForExport(networks[name], penultimate=sdxl, projected=(name == "text_encoder_2"))
             runners[name] = TorchRunner(module, *io[name], device=device)
-    runners["vae_decoder"] = TorchRunner(VaeDecoderForExport(components.vae), *io["vae_decoder"], device=device)
+    if "vae_decoder" in specs:
+        runners["vae_decoder"] = TorchRunner(VaeDecoderForExport(components.vae), *io["vae_decoder"], device=device)
     return runners, fused

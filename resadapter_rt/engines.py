@@ -210,7 +210,7 @@ def check_engine_manifest(directory: Path, manifest: dict, env: TensorRTEnvironm
     if built["compute_capability"] != env.compute_capability:
         raise ResAdapterRTError(f"{directory}: engines were built for compute capability {built['compute_capability']} "
                                 f"({built['gpu_name']}) but this GPU is {env.compute_capability} ({env.gpu_name}); rebuild: {rebuild_command}")
-    for name, component in manifest["components"].items():
+    for component in manifest["components"].values():
         path = directory / component["engine"]
         if not path.is_file() or sha256_file(path) != component["sha256"]:
             raise ResAdapterRTError(f"{directory}: engine {component['engine']} is missing or changed since it was built; rebuild: {rebuild_command}")

@@ -9,6 +9,18 @@ BLOCK = 1024
 
 
 @triton.jit
+def _element_offsets(idx, HW, CPG, stride_c, stride_hw, CHANNELS_INNER: tl.constexpr):
+    """Channel-in-group and memory offset of the group's idx-th element, read in memory order."""
+    if CHANNELS_INNER:
+        cc = idx % CPG
+        hw = idx // CPG
+    else:
+        cc = idx // HW
+        hw = idx % HW
+    return cc, cc.to(tl.int64) * stride_c + hw.to(tl.int64) * stride_hw
+
+
+@triton.jit
 def _group_norm_kernel(x_ptr, out_ptr, w_ptr, b_ptr, HW, C, CPG, stride_n, stride_c, stride_hw, eps,
                        SILU: tl.constexpr, CHANNELS_INNER: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     pid = tl.program_id(0)
@@ -24,13 +36,8 @@ def _group_norm_kernel(x_ptr, out_ptr, w_ptr, b_ptr, HW, C, CPG, stride_n, strid
     for start in range(0, size, BLOCK_SIZE):
         idx = start + tl.arange(0, BLOCK_SIZE)
         mask = idx < size
-        if CHANNELS_INNER:
-            cc = idx % CPG
-            hw = idx // CPG
-        else:
-            cc = idx // HW
-            hw = idx % HW
-        v = tl.load(x_ptr + base + cc.to(tl.int64) * stride_c + hw.to(tl.int64) * stride_hw, mask=mask, other=0.0).to(tl.float32)
+        _, offset = _element_offsets(idx, HW, CPG, stride_c, stride_hw, CHANNELS_INNER)
+        v = tl.load(x_ptr + base + offset, mask=mask, other=0.0).to(tl.float32)
         n_b = tl.sum(mask.to(tl.float32), axis=0)
         mean_b = tl.sum(v, axis=0) / n_b
         d = tl.where(mask, v - mean_b, 0.0)
@@ -45,13 +52,8 @@ def _group_norm_kernel(x_ptr, out_ptr, w_ptr, b_ptr, HW, C, CPG, stride_n, strid
     for start in range(0, size, BLOCK_SIZE):
         idx = start + tl.arange(0, BLOCK_SIZE)
         mask = idx < size
-        if CHANNELS_INNER:
-            cc = idx % CPG
-            hw = idx // CPG
-        else:
-            cc = idx // HW
-            hw = idx % HW
-        offset = base + cc.to(tl.int64) * stride_c + hw.to(tl.int64) * stride_hw
+        cc, offset = _element_offsets(idx, HW, CPG, stride_c, stride_hw, CHANNELS_INNER)
+        offset += base
         v = tl.load(x_ptr + offset, mask=mask, other=0.0).to(tl.float32)
         channel = g * CPG + cc
         w = tl.load(w_ptr + channel, mask=mask, other=1.0).to(tl.float32)

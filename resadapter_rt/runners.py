@@ -37,6 +37,9 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle intra-op threads otherwise spin after each run and take the cores from the scheduler
+        # loop: measured here (tiny SD1.5, 1000x600, 2 cores) host time 1.85 -> 0.86 ms/step, UNet unchanged.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=preferred)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())

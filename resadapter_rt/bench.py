@@ -112,8 +112,6 @@ def unet_step_rows(export_dir: Path, sizes, batches, repeats: int, label: str) -
 
 def end_to_end_rows(export_dir: Path, size: tuple[int, int], steps: int, repeats: int) -> dict:
     """The runtime (onnxruntime) vs diffusers' own pipeline with the same merged weights and scheduler."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     from .adapter import load_adapter
     from .exporter import read_manifest
     from .merge import merge_pipeline
@@ -126,12 +124,7 @@ def end_to_end_rows(export_dir: Path, size: tuple[int, int], steps: int, repeats
     parts = load_components(manifest["sources"]["model"])
     alpha = manifest["alpha"] if manifest["alpha"] is not None else 1.0
     merged = merge_pipeline(parts, load_adapter(manifest["sources"]["resadapter"]["source"]), alpha)
-    kwargs = dict(vae=merged.vae, text_encoder=merged.text_encoder, tokenizer=merged.tokenizer, unet=merged.unet,
-                  scheduler=make_scheduler("dpm++2m-karras", dict(parts.scheduler.config)))
-    if manifest["family"] == "sdxl":
-        reference = StableDiffusionXLPipeline(text_encoder_2=merged.text_encoder_2, tokenizer_2=merged.tokenizer_2, **kwargs)
-    else:
-        reference = StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kwargs)
+    reference = merged.to_diffusers(make_scheduler("dpm++2m-karras", dict(parts.scheduler.config)))
     reference.set_progress_bar_config(disable=True)
     width, height = size
     timing = interleaved({

@@ -174,6 +174,7 @@ def _default_engine_dir(args: argparse.Namespace) -> Path:
 def _export_matches(directory: Path, options) -> bool:
     """An existing validated export made from the same sources and settings can be reused."""
     from .exporter import read_manifest
+    from .merge import parse_lora_spec
 
     try:
         manifest = read_manifest(directory)
@@ -184,7 +185,7 @@ def _export_matches(directory: Path, options) -> bool:
     wanted_alpha = "dynamic" if options.alpha == "dynamic" else float(options.alpha)
     return (sources["model"] == options.model and sources["resadapter"]["source"] == options.resadapter
             and alpha == wanted_alpha and manifest["dtype"] == options.dtype
-            and [item["source"] for item in sources["loras"]] == [s.rpartition(":")[0] or s for s in options.loras])
+            and [(item["source"], item["weight"]) for item in sources["loras"]] == [parse_lora_spec(s) for s in options.loras])
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import ResAdapterRTError
 from .exporter import read_manifest
-from .profiles import FAMILY_PIXEL_RANGE, ResolutionProfile, _size
+from .profiles import FAMILY_PIXEL_RANGE, ResolutionProfile, parse_size
 
 
 def _export_lines(manifest: dict) -> list[str]:
@@ -53,7 +53,7 @@ def describe_artifacts(directory: Path, size: str | None = None) -> str:
     if profiles and data.get("format") == "resadapter-rt/engines":
         lines.append("profiles: " + "; ".join(p.describe() for p in profiles))
     if size:
-        width, height = _size(size, size)
+        width, height = parse_size(size, size)
         if profiles is not None:
             covered = any(p.covers(width, height) for p in profiles)
             lines.append(f"{width}x{height}: {'covered' if covered else 'NOT covered'} by the engine profiles")

@@ -43,6 +43,16 @@ class PipelineComponents:
     def with_(self, **changes: Any) -> "PipelineComponents":
         return replace(self, **changes)
 
+    def to_diffusers(self, scheduler: Any = None) -> Any:
+        """A diffusers ``StableDiffusion(XL)Pipeline`` over these components (no safety checker)."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        kwargs = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                      scheduler=scheduler if scheduler is not None else self.scheduler)
+        if self.family is SDXL:
+            return StableDiffusionXLPipeline(text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2, **kwargs)
+        return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kwargs)
+
 
 def _load_class(library: str, class_name: str):
     return getattr(importlib.import_module(library), class_name)

@@ -113,7 +113,7 @@ class ResAdapterPipeline:
         """Pixels per side an export serves (every multiple of 8 inside): the family's model-card range."""
         return FAMILY_PIXEL_RANGE[self.family]
 
-    def _check_request(self, prompt, height, width, steps, guidance, negative_prompt, images_per_prompt) -> None:
+    def _check_request(self, prompt, height, width, steps, guidance, images_per_prompt) -> None:
         low, high = self.covered_range()
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value % 8:
@@ -198,7 +198,7 @@ class ResAdapterPipeline:
     ) -> GenerationOutput:
         """Generate images; ``output_type="latent"`` skips decoding."""
         started = time.perf_counter()
-        self._check_request(prompt, height, width, num_inference_steps, guidance_scale, negative_prompt, num_images_per_prompt)
+        self._check_request(prompt, height, width, num_inference_steps, guidance_scale, num_images_per_prompt)
         sched = make_scheduler(scheduler, self.scheduler_config)
         alpha = self.resolve_alpha(resadapter_alpha, width, height)
         prompts = ([prompt] if isinstance(prompt, str) else list(prompt))

@@ -69,14 +69,14 @@ class ResolutionProfile:
         unknown = set(options) - {"opt", "batch", "tokens"}
         if unknown:
             raise ResAdapterRTError(f"profile {spec!r}: unknown option {sorted(unknown)[0]!r}; use opt=, batch= or tokens=")
-        opt = _size(options["opt"], spec) if "opt" in options else _default_opt(low, high, aspect)
+        opt = parse_size(options["opt"], spec) if "opt" in options else _default_opt(low, high, aspect)
         batch = _range(options.get("batch", "1-1"), spec, "batch")
         tokens = _range(options.get("tokens", f"{TOKEN_CHUNK}-{TOKEN_CHUNK}"), spec, "tokens")
         return cls(low, high, aspect[0], aspect[1], opt[0], opt[1], (batch[0], batch[0], batch[1]), (tokens[0], tokens[0], tokens[1]))
 
     @classmethod
     def static(cls, size: str, batch: int = 1) -> "ResolutionProfile":
-        width, height = _size(size, size)
+        width, height = parse_size(size, size)
         return cls(min(width, height), max(width, height), width / height, width / height, width, height, (batch,) * 3)
 
     def covers(self, width: int, height: int, batch: int = 1, tokens: int = TOKEN_CHUNK) -> bool:
@@ -132,7 +132,7 @@ class ResolutionProfile:
         return {**asdict(self), "spec": self.describe()}
 
 
-def _size(text: str, spec: str) -> tuple[int, int]:
+def parse_size(text: str, spec: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)[x×](\d+)", text.strip())
     if not match:
         raise ResAdapterRTError(f"{spec!r}: size {text!r} is not WIDTHxHEIGHT, e.g. 1000x600")

@@ -49,6 +49,10 @@ def unet_inputs(unet, batch: int = 1, height: int = 16, width: int = 12, seed: i
     return kwargs
 
 
+def quiet(_message: str) -> None:
+    """A progress callback that prints nothing."""
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |a - e| / max |e|: the parity measure used throughout."""
     return float((actual - expected).abs().max() / expected.abs().max())

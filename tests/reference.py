@@ -7,7 +7,6 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from resadapter_rt.families import SDXL
 from resadapter_rt.models import load_components
 
 
@@ -16,15 +15,8 @@ def reference_pipeline(unet, family, loras: list[tuple[Path, str]], weights: lis
 
     The other components come from the tiny pipeline of the same family; only the UNet path matters.
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     parts = load_components(f"tiny-{family.name}")
-    kwargs = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-                  unet=copy.deepcopy(unet), scheduler=parts.scheduler)
-    if family is SDXL:
-        pipe = StableDiffusionXLPipeline(text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2, **kwargs)
-    else:
-        pipe = StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kwargs)
+    pipe = parts.with_(unet=copy.deepcopy(unet), family=family).to_diffusers()
     for path, name in loras:
         pipe.load_lora_weights(str(path), adapter_name=name)
     pipe.set_adapters([name for _, name in loras], adapter_weights=weights)

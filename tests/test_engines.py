@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from resadapter_rt import ResAdapterRTError
 from resadapter_rt.cli import main
@@ -221,3 +222,22 @@ def test_tensorrt_engines_end_to_end_match_torch(tmp_path):
     ref = ResAdapterPipeline.from_artifacts(out, backend="torch")
     kwargs = dict(height=600, width=1000, num_inference_steps=3, seed=2, resadapter_alpha=0.7, output_type="latent")
     assert float((trt("a cat", **kwargs).latents - ref("a cat", **kwargs).latents).abs().max()) <= 1e-2
+
+
+def test_build_reuses_an_export_only_for_the_same_sources_and_lora_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from resadapter_rt import load_components
+    from resadapter_rt.cli import _export_matches
+
+    unet = load_components("tiny-sd15", unet_only=True).unet
+    name = "mid_block.attentions.0.transformer_blocks.0.attn1.to_v"
+    out_f, in_f = unet.get_submodule(name).weight.shape
+    lora = tmp_path / "style.safetensors"
+    save_file({f"unet.{name}.lora_A.weight": torch.zeros(2, in_f), f"unet.{name}.lora_B.weight": torch.zeros(out_f, 2)}, str(lora))
+    options = ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha=0.5, loras=(f"{lora}:0.8",),
+                            validation_sizes=((328, 200, 1),))
+    export_pipeline(options, tmp_path / "onnx", progress=lambda m: None)
+    assert _export_matches(tmp_path / "onnx", options)
+    for changed in ({"loras": (f"{lora}:0.3",)}, {"loras": ()}, {"alpha": 0.6}, {"alpha": "dynamic"}, {"resadapter": "tiny-sdxl"}):
+        assert not _export_matches(tmp_path / "onnx", ExportOptions(**{**options.__dict__, **changed})), changed

@@ -12,16 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import quiet
 from resadapter_rt import ResAdapterRTError, load_adapter, load_components, merge_adapter
 from resadapter_rt.cli import main
 from resadapter_rt.exporter import ExportOptions, export_pipeline, read_manifest
 from resadapter_rt.provenance import sha256_file
 
 SMALL_SIZES = ((328, 200, 2), (280, 1000, 1), (1008, 288, 1))  # non-multiple of 64, aspect 0.28 and 3.5
-
-
-def quiet(_message):
-    pass
 
 
 @pytest.fixture(scope="module")

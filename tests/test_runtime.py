@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import quiet
 from resadapter_rt import ResAdapterRTError, load_adapter, load_components, merge_pipeline, read_lora_file
 from resadapter_rt.alpha_policy import auto_alpha
 from resadapter_rt.cli import main
@@ -19,10 +20,6 @@ from resadapter_rt.pipeline import ResAdapterPipeline
 from resadapter_rt.schedulers import make_scheduler
 
 CHECK = ((328, 200, 1),)
-
-
-def quiet(_message):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +35,9 @@ def artifacts(tmp_path_factory):
 
 
 def diffusers_latents(family, alpha, scheduler, prompt, width, height, steps, guidance, seed, loras=(), negative=None):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     parts = load_components(f"tiny-{family}")
     merged = merge_pipeline(parts, load_adapter(f"tiny-{family}"), alpha, loras)
-    kwargs = dict(vae=merged.vae, text_encoder=merged.text_encoder, tokenizer=merged.tokenizer, unet=merged.unet,
-                  scheduler=make_scheduler(scheduler, dict(parts.scheduler.config)))
-    if family == "sdxl":
-        pipe = StableDiffusionXLPipeline(text_encoder_2=merged.text_encoder_2, tokenizer_2=merged.tokenizer_2, **kwargs)
-    else:
-        pipe = StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kwargs)
+    pipe = merged.to_diffusers(make_scheduler(scheduler, dict(parts.scheduler.config)))
     return pipe(prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance, negative_prompt=negative,
                 generator=torch.Generator().manual_seed(seed), output_type="latent").images
 

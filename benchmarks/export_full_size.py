@@ -28,8 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     from diffusers import UNet2DConditionModel
 
-    from resadapter_rt.families import SD15
-    from resadapter_rt.tiny import full_size_unet_config
+    from resadapter_rt.models.families import SD15
+    from resadapter_rt.models.tiny import full_size_unet_config
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

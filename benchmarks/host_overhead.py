@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from resadapter_rt.exporter import ExportOptions, export_pipeline
+from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.pipeline import ResAdapterPipeline
-from resadapter_rt.schedulers import SCHEDULERS
+from resadapter_rt.runtime.schedulers import SCHEDULERS
 
 REPO = Path(__file__).resolve().parents[1]
 

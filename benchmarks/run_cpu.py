@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resadapter_rt.bench import run_cpu_suite
+from resadapter_rt.bench.suite import run_cpu_suite
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

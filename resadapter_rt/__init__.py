@@ -2,14 +2,18 @@
 
 ``import resadapter_rt`` needs neither a GPU nor TensorRT; heavy optional libraries are
 imported only inside the backends that use them.
+
+The package is laid out by stage, each importing only the ones before it:
+``models`` (adapters, LoRA, merging, model loading) -> ``export`` (ONNX) -> ``engines``
+(profiles, TensorRT) -> ``runtime`` (runners, schedulers, the pipeline); ``kernels`` is a leaf
+used by the runtime; ``cli`` and ``bench`` sit on top; ``errors``, ``files`` and ``cache`` are
+shared by all.
 """
 
-from .adapter import ResAdapterWeights, load_adapter
 from .errors import ResAdapterRTError
-from .families import SD15, SDXL, ModelFamily
-from .lora import LoraLayer, LoraWeights, read_lora_file
-from .merge import apply_lora, merge_adapter, merge_loras, merge_pipeline, parse_alpha
-from .models import PipelineComponents, load_components, load_unet
+from .models import (SD15, SDXL, LoraLayer, LoraWeights, ModelFamily, PipelineComponents, ResAdapterWeights, apply_lora,
+                     load_adapter, load_components, load_unet, merge_adapter, merge_loras, merge_pipeline, parse_alpha,
+                     read_lora_file)
 
 __version__ = "0.1.0"
 

@@ -24,12 +24,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from .adapter import load_adapter
+    from .models.adapter import load_adapter
     from .files import atomic_directory, check_output_dir
-    from .lora import read_lora_file
-    from .merge import apply_lora, merge_adapter, parse_alpha, parse_lora_spec
-    from .models import load_components
-    from .provenance import merge_record
+    from .models.lora import read_lora_file
+    from .models.merge import apply_lora, merge_adapter, parse_alpha, parse_lora_spec
+    from .models.components import load_components
+    from .models.provenance import merge_record
 
     alpha = parse_alpha(args.alpha)
     check_output_dir(Path(args.out), args.force)
@@ -63,7 +63,7 @@ def _default_export_dir(args: argparse.Namespace) -> Path:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .exporter import ExportOptions, export_pipeline
+    from .export.exporter import ExportOptions, export_pipeline
 
     out = Path(args.out) if args.out else _default_export_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
@@ -107,7 +107,7 @@ def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, ou
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline import ResAdapterPipeline
+    from .runtime.pipeline import ResAdapterPipeline
 
     _check_generation_args(args)
     pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend)
@@ -116,14 +116,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _check_generation_args(args: argparse.Namespace) -> None:
-    from .schedulers import SCHEDULERS
-    from .runners import check_backend
+    from .runtime.schedulers import SCHEDULERS
+    from .runtime.runners import check_backend
 
     check_backend(args.backend)
     if args.scheduler not in SCHEDULERS:
         raise ResAdapterRTError(f"unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if args.alpha != "auto":
-        from .merge import parse_alpha
+        from .models.merge import parse_alpha
 
         parse_alpha(args.alpha)
 
@@ -132,8 +132,8 @@ DEMO_SIZES = ((512, 512), (1000, 600), (328, 200), (384, 768))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .exporter import ExportOptions, export_pipeline, read_manifest
-    from .pipeline import ResAdapterPipeline
+    from .export.exporter import ExportOptions, export_pipeline, read_manifest
+    from .runtime.pipeline import ResAdapterPipeline
 
     artifacts = Path(args.artifacts)
     try:
@@ -153,7 +153,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_generation_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
-    from .schedulers import DEFAULT_SCHEDULER
+    from .runtime.schedulers import DEFAULT_SCHEDULER
 
     parser.add_argument("--prompt", default=defaults.get("prompt"), required="prompt" not in defaults, help="text prompt")
     parser.add_argument("--negative-prompt", help="negative prompt (default: none)")
@@ -173,8 +173,8 @@ def _default_engine_dir(args: argparse.Namespace) -> Path:
 
 def _export_matches(directory: Path, options) -> bool:
     """An existing validated export made from the same sources and settings can be reused."""
-    from .exporter import read_manifest
-    from .merge import parse_lora_spec
+    from .export.exporter import read_manifest
+    from .models.merge import parse_lora_spec
 
     try:
         manifest = read_manifest(directory)
@@ -189,9 +189,9 @@ def _export_matches(directory: Path, options) -> bool:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .engines import BuildOptions, build_engines
-    from .exporter import ExportOptions, export_pipeline, read_manifest
-    from .profiles import ResolutionProfile, preset_for
+    from .engines.build import BuildOptions, build_engines
+    from .export.exporter import ExportOptions, export_pipeline, read_manifest
+    from .engines.profiles import ResolutionProfile, preset_for
 
     profiles = [ResolutionProfile.parse(spec) for spec in args.profile]
     profiles += [ResolutionProfile.static(size) for size in args.static]
@@ -220,14 +220,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import describe_artifacts
+    from .engines.describe import describe_artifacts
 
     print(describe_artifacts(Path(args.directory), args.size))
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_cpu_suite
+    from .bench.suite import run_cpu_suite
 
     record = run_cpu_suite(Path(args.results), full_size=args.full_size, repeats=args.repeats)
     print((Path(args.results) / "cpu_bench.md").read_text())

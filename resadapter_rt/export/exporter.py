@@ -1,0 +1,273 @@
+"""``export_pipeline``: merged pipeline -> ONNX with dynamic batch/height/width, validated in ONNX Runtime."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .. import __version__
+from ..models.adapter import load_adapter
+from .dynamic_alpha import attach_lora_branches
+from ..errors import ResAdapterRTError
+from ..models.families import SDXL
+from ..files import atomic_directory, check_output_dir
+from ..models.lora import read_lora_file
+from ..models.merge import merge_adapter, merge_loras, parse_alpha, parse_lora_spec
+from ..models.components import load_components
+from .graph import cleanup, group_norm_counts, save
+from .ort_fusion import fuse_for_cuda
+from .precision import half_precision_copy
+from .specs import (ComponentSpec, TextEncoderForExport, UNetForExport, VaeDecoderForExport, text_encoder_spec,
+                         unet_spec, upsample_sizes_from_skips, vae_decoder_spec)
+from ..files import sha256_file
+from ..models.provenance import merge_record
+
+log = logging.getLogger(__name__)
+
+OPSET = 17  # the TorchScript exporter writes GroupNorm as InstanceNorm: fastest on ORT CPU, native in TensorRT
+TARGETS = ("cpu", "tensorrt", "cuda")
+GROUP_NORM_FORM = {"cpu": "InstanceNormalization pattern (opset 17)",
+                   "cuda": "com.microsoft.GroupNorm (+SiLU), onnxruntime.transformers fusion"}
+MAX_RELATIVE_ERROR = {"fp32": 1e-3, "fp16": 2e-2}  # fp16 graphs are compared with the fp32 PyTorch model
+DTYPES = tuple(MAX_RELATIVE_ERROR)
+# Off-trace validation sizes in pixels (width, height, batch): a non-multiple of 64, aspect 0.28 and 3.5.
+VALIDATION_SIZES = ((328, 200, 2), (1000, 600, 1), (280, 1000, 1), (1008, 288, 1))
+MANIFEST_FORMAT = "resadapter-rt/export"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class ExportOptions:
+    """What to export and how; ``alpha`` is a number (baked) or ``"dynamic"``."""
+
+    model: str
+    resadapter: str
+    alpha: float | str = 1.0
+    loras: tuple[str, ...] = ()
+    dtype: str = "fp32"
+    target: str = "cpu"
+    config: str | None = None
+    validation_sizes: tuple[tuple[int, int, int], ...] = VALIDATION_SIZES
+
+    def checked(self) -> "ExportOptions":
+        if self.target not in TARGETS:
+            raise ResAdapterRTError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.dtype not in DTYPES:
+            raise ResAdapterRTError(f"unknown dtype {self.dtype!r}; choose fp32 or fp16")
+        alpha = self.alpha if str(self.alpha) == "dynamic" else parse_alpha(self.alpha)
+        for width, height, _ in self.validation_sizes:
+            if width % 8 or height % 8:
+                raise ResAdapterRTError(f"validation size {width}x{height} is not a multiple of 8 px")
+        return ExportOptions(**{**self.__dict__, "alpha": alpha})
+
+
+def _export_one(module: nn.Module, spec: ComponentSpec, example: dict, path: Path) -> onnx.ModelProto:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.with_name("raw")
+    raw.mkdir()
+    args = tuple(example[name] for name in spec.inputs)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings on shape checks are expected: shapes stay dynamic
+        torch.onnx.export(module, args, str(raw / "model.onnx"), dynamo=False, opset_version=OPSET,
+                          input_names=list(spec.inputs), output_names=list(spec.outputs),
+                          dynamic_axes=spec.dynamic_axes, do_constant_folding=True)
+    model = onnx.load(str(raw / "model.onnx"))  # loads external tensors too, if torch wrote any
+    before = group_norm_counts(model)
+    model = cleanup(model)
+    save(model, path)
+    for item in raw.iterdir():
+        item.unlink()
+    raw.rmdir()
+    return before
+
+
+def _validate(module: nn.Module, spec: ComponentSpec, path: Path, cases: Iterable[dict], limit: float) -> list[dict]:
+    """ONNX Runtime (CPU) against the fp32 PyTorch module on each case; max abs and relative error."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    results = []
+    for case in cases:
+        inputs = case["inputs"]
+        with torch.no_grad():
+            expected = module(*(inputs[name] for name in spec.inputs))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        try:
+            actual = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ResAdapterRTError(
+                f"{spec.name}: ONNX Runtime failed at {case['label']} ({first}); the graph does not generalise "
+                "to this shape and was not written"
+            ) from None
+        abs_err = max(float(np.abs(a - e.numpy()).max()) for a, e in zip(actual, expected))
+        rel_err = max(float(np.abs(a - e.numpy()).max() / max(np.abs(e.numpy()).max(), 1e-12)) for a, e in zip(actual, expected))
+        results.append({**case["label"], "max_abs_error": abs_err, "relative_error": rel_err})
+        log.info("validated %s at %s: relative error %.2e", spec.name, case["label"], rel_err)
+        if not rel_err <= limit:  # NaN fails too
+            raise ResAdapterRTError(
+                f"{spec.name}: ONNX Runtime output differs from PyTorch at {case['label']} (relative error "
+                f"{rel_err:.2e} > {limit:.0e}); the export is not trustworthy and was not written"
+            )
+    return results
+
+
+def _io_description(model_path: Path) -> dict:
+    model = onnx.load(str(model_path), load_external_data=False)
+
+    def describe(values):
+        out = []
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+            out.append({"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims})
+        return out
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def _unet_cases(spec: ComponentSpec, sizes, dynamic: bool) -> list[dict]:
+    cases = []
+    for index, (width, height, batch) in enumerate(sizes):
+        tokens = 154 if index == 0 else 77  # one long-prompt case
+        for alpha in ((1.0, 0.5) if dynamic and index == 0 else (1.0,)):
+            label = {"width": width, "height": height, "batch": batch, "tokens": tokens}
+            if dynamic:
+                label["alpha"] = alpha
+            cases.append({"label": label, "inputs": spec.example(batch, height // 8, width // 8, tokens, seed=index, alpha=alpha)})
+    return cases
+
+
+def export_pipeline(options: ExportOptions, out: Path, force: bool = False, progress=print) -> dict:
+    """Merge, export every component to ONNX under ``out``, validate, and write ``manifest.json``.
+
+    A UNet-only ``model`` (a UNet directory) exports just the UNet.
+
+    The directory appears only when everything succeeded (temporary directory + rename).
+    Returns the manifest.
+    """
+    options = options.checked()
+    check_output_dir(Path(out), force)
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # constant folding runs ORT; keep its notices out of the way
+    started = time.perf_counter()
+    dynamic = options.alpha == "dynamic"
+    adapter = load_adapter(options.resadapter)
+    loras = [(read_lora_file(Path(p)), w) for p, w in map(parse_lora_spec, options.loras)]
+    components = load_components(options.model, config=options.config)
+    sdxl = components.family is SDXL
+
+    # The components were loaded here and are ours: merge in place instead of holding a second copy
+    # (3.4 GB for a full-size SD1.5 UNet).
+    unet = merge_adapter(components.unet, adapter, 0.0 if dynamic else options.alpha, inplace=True)
+    alpha_source = attach_lora_branches(unet, adapter) if dynamic else None
+    networks = {"unet": unet}
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(components, name) is not None:
+            networks[name] = getattr(components, name)
+    merge_loras(networks, loras)
+    for network in networks.values():
+        network.eval()
+
+    size = components.family.training_size // 8
+    jobs: list[tuple[nn.Module, ComponentSpec, dict, list[dict]]] = []
+    unet_module = UNetForExport(unet, sdxl, alpha_source).eval()
+    spec = unet_spec(unet, sdxl, dynamic)
+    jobs.append((unet_module, spec, spec.example(2, size, size), _unet_cases(spec, options.validation_sizes, dynamic)))
+    for name in ("text_encoder", "text_encoder_2"):
+        if name in networks:
+            hidden = "hidden_states" if sdxl else "last_hidden_state"
+            module = TextEncoderForExport(networks[name], penultimate=sdxl, projected=(name == "text_encoder_2")).eval()
+            spec = text_encoder_spec(name, networks[name], hidden)
+            jobs.append((module, spec, spec.example(1), [{"label": {"batch": 3}, "inputs": spec.example(3, seed=5)}]))
+    if components.vae is not None:
+        vae = VaeDecoderForExport(components.vae).eval()
+        spec = vae_decoder_spec(components.vae)
+        jobs.append((vae, spec, spec.example(1, size // 2, size // 2),
+                     [{"label": {"width": w, "height": h, "batch": b}, "inputs": spec.example(b, h // 8, w // 8, seed=i)}
+                      for i, (w, h, b) in enumerate(options.validation_sizes[:2])]))
+
+    manifest = {
+        "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "resadapter_rt_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "family": components.family.name, "training_size": components.family.training_size,
+        "sources": merge_record(components, adapter, None if dynamic else options.alpha, loras),
+        "alpha_mode": "dynamic" if dynamic else "baked", "alpha": None if dynamic else options.alpha,
+        "opset": OPSET, "dtype": options.dtype, "target": options.target,
+        "torch_version": torch.__version__, "onnx_version": onnx.__version__,
+        "vae_scaling_factor": float(components.vae.config.scaling_factor) if components.vae else None,
+        "vae_scale_factor": 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae else None,
+        # SDXL pipelines (diffusers default) use zero embeddings for an absent negative prompt.
+        "force_zeros_for_empty_prompt": sdxl,
+        "components": {},
+    }
+    with atomic_directory(Path(out), force=force) as tmp:
+        for module, spec, example, cases in jobs:
+            path = tmp / spec.name / "model.onnx"
+            tick = time.perf_counter()
+            progress(f"[export] {spec.name}: tracing and writing ONNX ...")
+            # fp16 covers the UNet (where the time goes) and the SD1.5 VAE decoder. SDXL's VAE overflows in
+            # fp16 (black/NaN images) and the text encoders run once per prompt: they stay fp32.
+            half = spec.name == "unet" or (spec.name == "vae_decoder" and not sdxl)
+            dtype = options.dtype if half else "fp32"
+            with upsample_sizes_from_skips(unet):
+                traced = half_precision_copy(module) if dtype == "fp16" else module
+                before = _export_one(traced, spec, example, path)
+            del traced
+            exported = time.perf_counter() - tick
+            progress(f"[export] {spec.name}: validating against PyTorch at {len(cases)} off-trace shapes ...")
+            results = _validate(module, spec, path, cases, MAX_RELATIVE_ERROR[dtype])
+            fused = options.target == "cuda" and fuse_for_cuda(path, spec.name)  # validated above, pre-fusion
+            after = group_norm_counts(onnx.load(str(path), load_external_data=False))
+            manifest["components"][spec.name] = {
+                "path": f"{spec.name}/model.onnx",
+                "dtype": dtype, "io_dtype": "fp32",
+                "sha256": sha256_file(path),
+                "external_data": (path.parent / "model.onnx.data").is_file(),
+                **_io_description(path),
+                "trace_shape": {k: list(v.shape) for k, v in example.items()},
+                "group_norm": {"form": GROUP_NORM_FORM["cuda" if fused else "cpu"], "before": before, "after": after},
+                "validated_graph": "pre-fusion (fused CUDA ops have no CPU kernels)" if fused else "as written",
+                "export_seconds": round(exported, 2),
+                "validation": results,
+            }
+            worst = max(r["relative_error"] for r in results)
+            progress(f"[export] {spec.name}: ok ({exported:.1f} s, worst relative error {worst:.1e})")
+        for name in ("tokenizer", "tokenizer_2", "scheduler"):
+            part = getattr(components, name)
+            if part is not None:
+                part.save_pretrained(tmp / name)
+        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict:
+    """The manifest of an export directory, refusing other formats and versions with one line."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise ResAdapterRTError(f"{directory}: no manifest.json; not an export directory (create one with `resadapter-rt export`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ResAdapterRTError(f"{path}: not valid JSON; re-run `resadapter-rt export`") from None
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") != MANIFEST_VERSION:
+        raise ResAdapterRTError(
+            f"{directory}: export format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
+            f"{MANIFEST_FORMAT} v{MANIFEST_VERSION}; re-export it with this version (`resadapter-rt export ... --force`)"
+        )
+    return manifest

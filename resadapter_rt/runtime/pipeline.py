@@ -1,0 +1,332 @@
+"""``ResAdapterPipeline``: prompt in, images out, over any backend's runners (diffusers-shaped API)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .alpha_policy import auto_alpha
+from ..errors import ResAdapterRTError
+from ..export.exporter import read_manifest
+from ..export.specs import ALPHA_INPUT
+from ..engines.profiles import FAMILY_PIXEL_RANGE
+from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
+from .schedulers import DEFAULT_SCHEDULER, make_scheduler
+
+
+@dataclass
+class Timings:
+    """Seconds per stage; ``host_overhead`` is the loop time outside UNet calls."""
+
+    text_encoding: float = 0.0
+    unet_steps: list[float] = field(default_factory=list)
+    host_overhead: float = 0.0
+    decode: float = 0.0
+    total: float = 0.0
+
+    @property
+    def host_overhead_per_step_ms(self) -> float:
+        return 1e3 * self.host_overhead / max(len(self.unet_steps), 1)
+
+    def summary(self) -> str:
+        steps = self.unet_steps
+        return (f"text {self.text_encoding * 1e3:.0f} ms | UNet {len(steps)} steps, {np.median(steps) * 1e3:.1f} ms median | "
+                f"host {self.host_overhead_per_step_ms:.2f} ms/step | decode {self.decode * 1e3:.0f} ms | total {self.total:.2f} s")
+
+
+@dataclass
+class GenerationOutput:
+    images: list[Image.Image]
+    latents: torch.Tensor  # final latents, before decoding
+    alpha: float
+    timings: Timings
+    parameters: dict
+
+
+@dataclass
+class GenerationRequest:
+    """A checked request with everything resolved: the prompt batch, alpha and the random generator."""
+
+    prompts: list[str]  # one entry per image
+    negatives: list[str] | None
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+    alpha: float
+    scheduler: str
+    seed: int | None
+    generator: torch.Generator
+    noise_scheduler: Any  # a fresh diffusers scheduler (stateful: one per call)
+
+    @property
+    def cfg(self) -> bool:
+        """Classifier-free guidance runs only above a scale of 1."""
+        return self.guidance_scale > 1.0
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on: text embeddings ([negative..., positive...] with CFG), SDXL pooled."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None
+
+
+class ResAdapterPipeline:
+    """Runs an export directory's networks with a diffusers scheduler loop.
+
+    Thread safety: each call builds its own scheduler and tensors; runners are stateless
+    (ONNX Runtime sessions and inference-mode torch modules may be called concurrently), so
+    concurrent calls from several threads are safe.
+    """
+
+    def __init__(self, directory: Path, manifest: dict, runners: dict[str, Runner], backend: str) -> None:
+        from transformers import CLIPTokenizer
+
+        self.directory, self.manifest, self.runners, self.backend = directory, manifest, runners, backend
+        self.family = manifest["family"]
+        self.sdxl = self.family == "sdxl"
+        missing = {"unet", "text_encoder", "vae_decoder"} - set(runners)
+        if missing:
+            raise ResAdapterRTError(f"{directory}: export has no {sorted(missing)[0]}; generation needs a whole pipeline export")
+        self.tokenizers = [CLIPTokenizer.from_pretrained(directory / name) for name in ("tokenizer", "tokenizer_2") if (directory / name).is_dir()]
+        self.scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+        self.unet_inputs = runners["unet"].input_names
+        self.profiles = None  # engine profiles (TensorRT backends); None: the export's per-side range
+        self.fused_group_norm_pairs = 0  # GroupNorm -> SiLU pairs running as one fused kernel (torch backend)
+        self.device = "cuda" if backend == "tensorrt" else "cpu"
+
+    @classmethod
+    def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime",
+                       fused_group_norm: bool | None = None) -> "ResAdapterPipeline":
+        """An export directory, or an engine directory from ``resadapter-rt build`` (its export is in ``onnx/``).
+
+        ``fused_group_norm`` applies to the torch backend (default: on with CUDA and Triton).
+        """
+        from ..engines.profiles import ResolutionProfile, preset_for
+        from .runners import onnxruntime_tensorrt_runners, tensorrt_runners, torch_device
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ResAdapterRTError(f"{directory}: no such artifacts directory; create it with `resadapter-rt export --out {directory} ...`")
+        check_backend(backend)
+        export_dir = directory / "onnx" if (directory / "onnx").is_dir() else directory
+        manifest = read_manifest(export_dir)
+        profiles, fused = None, 0
+        if backend == "onnxruntime":
+            runners = onnxruntime_runners(export_dir, manifest)
+        elif backend == "torch":
+            runners, fused = torch_runners(manifest, fused_group_norm)
+        else:
+            engine_manifest = directory / "manifest.json"
+            specs = json.loads(engine_manifest.read_text()).get("profiles", []) if engine_manifest.is_file() and export_dir != directory else []
+            profiles = [ResolutionProfile.parse(p["spec"]) for p in specs] or [preset_for(manifest["sources"]["resadapter"]["source"], manifest["family"])]
+            runners = tensorrt_runners(directory) if backend == "tensorrt" else \
+                onnxruntime_tensorrt_runners(export_dir, manifest, profiles, directory / "ort_trt_cache")
+        pipe = cls(export_dir, manifest, runners, backend)
+        pipe.profiles, pipe.fused_group_norm_pairs = profiles, fused
+        if backend == "torch":
+            pipe.device = torch_device()
+        return pipe
+
+    # -- checks -------------------------------------------------------------------------------
+    def covered_range(self) -> tuple[int, int]:
+        """Pixels per side an export serves (every multiple of 8 inside): the family's model-card range."""
+        return FAMILY_PIXEL_RANGE[self.family]
+
+    def _check_request(self, prompt, height, width, steps, guidance, images_per_prompt) -> None:
+        low, high = self.covered_range()
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value % 8:
+                raise ResAdapterRTError(f"{name} {value} is not a multiple of 8 px; use e.g. {max(8, int(value) // 8 * 8)}")
+            if self.profiles is None and not low <= value <= high:
+                raise ResAdapterRTError(
+                    f"{name} {value} px is outside what {self.directory} covers ({low}-{high} px per side, every multiple of 8); "
+                    f"choose a size in that range, or export a model whose adapter covers it"
+                )
+        batch = (1 if isinstance(prompt, str) else len(prompt or [])) * images_per_prompt
+        if self.profiles is not None and not any(p.covers(width, height, batch) for p in self.profiles):
+            listed = "; ".join(p.describe() for p in self.profiles)
+            raise ResAdapterRTError(
+                f"{width}x{height} (batch {batch}) is not covered by the engine profiles ({listed}); build one that covers it, "
+                f"e.g. `resadapter-rt build ... --profile {min(width, height)}-{max(width, height)},opt={width}x{height} "
+                f"--profile <existing specs>`")
+        if not isinstance(steps, int) or steps <= 0:
+            raise ResAdapterRTError(f"steps must be a positive integer, got {steps!r}")
+        if not np.isfinite(guidance) or guidance < 0:
+            raise ResAdapterRTError(f"guidance scale must be >= 0, got {guidance!r}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ResAdapterRTError("prompt is empty; pass the text to generate from")
+        if images_per_prompt < 1:
+            raise ResAdapterRTError(f"num_images_per_prompt must be >= 1, got {images_per_prompt}")
+
+    def resolve_alpha(self, requested, width: int, height: int) -> float:
+        """The alpha used: baked exports report theirs; dynamic ones take a number or ``"auto"``."""
+        if self.manifest["alpha_mode"] == "baked":
+            baked = float(self.manifest["alpha"])
+            if requested not in (None, "auto") and abs(float(requested) - baked) > 1e-9:
+                raise ResAdapterRTError(
+                    f"this export has alpha baked at {baked:g}; re-export with --alpha dynamic to choose alpha per request")
+            return baked
+        if requested in (None, "auto"):
+            return auto_alpha(width, height, self.manifest["training_size"])
+        from ..models.merge import parse_alpha
+
+        return parse_alpha(requested)
+
+    # -- stages -------------------------------------------------------------------------------
+    def _tokens(self, tokenizer, texts: list[str]) -> torch.Tensor:
+        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids
+
+    def _encode(self, prompts: list[str], negatives: list[str] | None, cfg: bool):
+        """Text embeddings for [negative..., positive...] (CFG order of diffusers) and SDXL pooled embeds."""
+        def run(texts):
+            if not self.sdxl:
+                return self.runners["text_encoder"](input_ids=self._tokens(self.tokenizers[0], texts))["last_hidden_state"], None
+            first = self.runners["text_encoder"](input_ids=self._tokens(self.tokenizers[0], texts))
+            second = self.runners["text_encoder_2"](input_ids=self._tokens(self.tokenizers[-1], texts))
+            return torch.cat([first["hidden_states"], second["hidden_states"]], dim=-1), second["text_embeds"]
+
+        embeds, pooled = run(prompts)
+        if not cfg:
+            return embeds, pooled
+        zero_negative = self.sdxl and negatives is None and self.manifest.get("force_zeros_for_empty_prompt", True)
+        if zero_negative:
+            neg_embeds, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+        else:
+            neg_embeds, neg_pooled = run(negatives or [""] * len(prompts))
+        embeds = torch.cat([neg_embeds, embeds])
+        pooled = torch.cat([neg_pooled, pooled]) if self.sdxl else None
+        return embeds, pooled
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.0,
+        negative_prompt: str | list[str] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        num_images_per_prompt: int = 1,
+        resadapter_alpha: float | str | None = "auto",
+        scheduler: str = DEFAULT_SCHEDULER,
+        output_type: str = "pil",
+        callback: Callable[[int, int], None] | None = None,
+    ) -> GenerationOutput:
+        """Generate images; ``output_type="latent"`` skips decoding.
+
+        Runs four stages, each a method a feature can extend: ``prepare`` (check and resolve the
+        request), ``encode`` (text conditioning), ``denoise`` (the scheduler loop), ``decode``.
+        """
+        started = time.perf_counter()
+        request = self.prepare(prompt, height, width, num_inference_steps, guidance_scale, negative_prompt, seed,
+                               generator, num_images_per_prompt, resadapter_alpha, scheduler)
+        timings = Timings()
+        tick = time.perf_counter()
+        conditioning = self.encode(request)
+        timings.text_encoding = time.perf_counter() - tick
+        latents = self.denoise(request, conditioning, timings, callback)
+        images: list[Image.Image] = []
+        if output_type == "pil":
+            tick = time.perf_counter()
+            images = self.decode(latents)
+            timings.decode = time.perf_counter() - tick
+        timings.total = time.perf_counter() - started
+        return GenerationOutput(images=images, latents=latents.cpu(), alpha=request.alpha, timings=timings,
+                                parameters=self._parameters(request))
+
+    def prepare(self, prompt, height, width, steps, guidance_scale, negative_prompt, seed, generator,
+                images_per_prompt, resadapter_alpha, scheduler) -> GenerationRequest:
+        """Stage 1: check the request and resolve alpha, the prompt batch and the random generator."""
+        self._check_request(prompt, height, width, steps, guidance_scale, images_per_prompt)
+        noise_scheduler = make_scheduler(scheduler, self.scheduler_config)
+        alpha = self.resolve_alpha(resadapter_alpha, width, height)
+        prompts = ([prompt] if isinstance(prompt, str) else list(prompt))
+        prompts = [p for p in prompts for _ in range(images_per_prompt)]
+        negatives = None
+        if negative_prompt is not None:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else \
+                [n for n in negative_prompt for _ in range(images_per_prompt)]
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        return GenerationRequest(prompts=prompts, negatives=negatives, height=height, width=width, steps=steps,
+                                 guidance_scale=guidance_scale, alpha=alpha, scheduler=scheduler, seed=seed,
+                                 generator=generator, noise_scheduler=noise_scheduler)
+
+    def encode(self, request: GenerationRequest) -> Conditioning:
+        """Stage 2: text embeddings (and SDXL pooled embeddings) in diffusers' CFG order."""
+        embeds, pooled = self._encode(request.prompts, request.negatives, request.cfg)
+        return Conditioning(embeds=embeds, pooled=pooled)
+
+    def unet_static_inputs(self, request: GenerationRequest, conditioning: Conditioning) -> dict[str, torch.Tensor]:
+        """UNet inputs that stay the same at every step: text conditioning, SDXL time ids, alpha."""
+        embeds = conditioning.embeds
+        static = {"encoder_hidden_states": embeds}
+        if self.sdxl:
+            height, width = request.height, request.width
+            time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=self.device).repeat(embeds.shape[0], 1)
+            static |= {"text_embeds": conditioning.pooled, "time_ids": time_ids}
+        if ALPHA_INPUT in self.unet_inputs:
+            static[ALPHA_INPUT] = torch.tensor(request.alpha, dtype=torch.float32, device=self.device)
+        return static
+
+    def denoise(self, request: GenerationRequest, conditioning: Conditioning, timings: Timings,
+                callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Stage 3: the scheduler loop from seeded noise to final latents (UNet and host time go to ``timings``)."""
+        sched = request.noise_scheduler
+        scale = self.manifest["vae_scale_factor"]
+        shape = (len(request.prompts), 4, request.height // scale, request.width // scale)
+        latents = torch.randn(shape, generator=request.generator, dtype=torch.float32).to(self.device)
+        sched.set_timesteps(request.steps)
+        latents = latents * sched.init_noise_sigma
+        static = self.unet_static_inputs(request, conditioning)
+        step_kwargs = {"generator": request.generator} if "generator" in _step_parameters(sched) else {}
+        cfg, guidance = request.cfg, request.guidance_scale
+
+        loop_start = time.perf_counter()
+        for index, t in enumerate(sched.timesteps):
+            model_input = torch.cat([latents, latents]) if cfg else latents
+            model_input = sched.scale_model_input(model_input, t)
+            timestep = t.to(self.device, torch.float32).expand(model_input.shape[0]).contiguous()
+            tick = time.perf_counter()
+            noise = self.runners["unet"](sample=model_input, timestep=timestep, **static)["out_sample"]
+            timings.unet_steps.append(time.perf_counter() - tick)
+            if cfg:
+                uncond, text = noise.chunk(2)
+                noise = uncond + guidance * (text - uncond)
+            latents = sched.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+            if callback is not None:
+                callback(index + 1, request.steps)
+        timings.host_overhead = time.perf_counter() - loop_start - sum(timings.unet_steps)
+        return latents
+
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Stage 4: latents -> 8-bit RGB images through the VAE decoder."""
+        decoded = self.runners["vae_decoder"](latent_sample=latents / self.manifest["vae_scaling_factor"])["sample"]
+        pixels = ((decoded.float().cpu() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        return [Image.fromarray(p) for p in pixels]
+
+    def _parameters(self, request: GenerationRequest) -> dict:
+        """What produced an image, for PNG metadata and logs."""
+        return {"prompt": request.prompts[0], "negative_prompt": (request.negatives or [""])[0], "width": request.width,
+                "height": request.height, "steps": request.steps, "scheduler": request.scheduler,
+                "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
+                "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family}
+
+
+def _step_parameters(scheduler) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(scheduler.step).parameters)

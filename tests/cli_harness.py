@@ -1,0 +1,50 @@
+"""Running the CLI on bad input: exit status 2, one line on stderr, no traceback, nothing else touched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def tree_snapshot(root: Path) -> dict[str, str]:
+    """Every file and directory below ``root`` with its content hash and mode ("dir" for directories)."""
+    snapshot = {}
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        if path.is_symlink():
+            snapshot[relative] = f"link:{os.readlink(path)}"
+        elif path.is_dir():
+            snapshot[relative] = f"dir:{oct(path.stat().st_mode & 0o777)}"
+        else:
+            snapshot[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return snapshot
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300) -> CliResult:
+    """``resadapter-rt ARGS`` in a subprocess (so a traceback or a crash is seen as a user would see it)."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    done = subprocess.run([sys.executable, "-m", "resadapter_rt.cli", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def assert_one_line_error(result: CliResult, expected: str) -> str:
+    """Exit 2, exactly one stderr line starting ``error:`` that contains ``expected``, and no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, f"exit {result.returncode}; stderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{result.stderr}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert expected in lines[0], f"{expected!r} not in {lines[0]!r}"
+    return lines[0]

@@ -34,7 +34,7 @@ def main() -> None:
         export_pipeline(ExportOptions(model=args.model, resadapter=args.resadapter, validation_sizes=((328, 200, 1),)), out,
                         progress=lambda m: None)
         manifest = read_manifest(out)
-        unet = torch_runners(manifest, fused_group_norm=False)[0]["unet"].module.unet
+        unet = torch_runners(manifest, out, fused_group_norm=False)[0]["unet"].module.unet
         inputs = unet_spec(unet, manifest["family"] == "sdxl", False).example(args.batch, height // 8, width // 8)
         feed = {k: v.numpy() for k, v in inputs.items()}
         options = ort.SessionOptions()

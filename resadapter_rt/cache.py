@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .files import apply_umask
+
 
 def cache_root() -> Path:
     """``$RESADAPTER_RT_CACHE``, else ``$XDG_CACHE_HOME/resadapter-rt``, else ``~/.cache/resadapter-rt``."""
@@ -29,6 +31,7 @@ def cached_directory(relative: str, build: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         build(tmp)
+        apply_umask(tmp)
         try:
             tmp.rename(final)
         except OSError:

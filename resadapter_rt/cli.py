@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from .errors import ResAdapterRTError
 
@@ -34,19 +35,19 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     alpha = parse_alpha(args.alpha)
     check_output_dir(Path(args.out), args.force)
     specs = [parse_lora_spec(s) for s in args.lora]
-    adapter = load_adapter(args.resadapter)
-    loras = [(read_lora_file(Path(path)), weight) for path, weight in specs]
-    components = load_components(args.model, unet_only=True, config=args.config)
-    logging.getLogger(__name__).info("%s", adapter.describe())
-    unet = merge_adapter(components.unet, adapter, alpha, inplace=True)
-    for lora, weight in loras:
-        unet_layers = lora.for_component("unet")
-        if len(unet_layers) < len(lora.layers):
-            print(f"note: {lora.source}: {len(lora.layers) - len(unet_layers)} text-encoder layers are not part of a "
-                  "UNet merge; `resadapter-rt export` applies them", file=sys.stderr)
-        apply_lora(unet, unet_layers, weight, lora.source)
     out = Path(args.out)
     with atomic_directory(out, force=args.force) as tmp:
+        adapter = load_adapter(args.resadapter)
+        loras = [(read_lora_file(Path(path)), weight) for path, weight in specs]
+        components = load_components(args.model, unet_only=True, config=args.config)
+        logging.getLogger(__name__).info("%s", adapter.describe())
+        unet = merge_adapter(components.unet, adapter, alpha, inplace=True)
+        for lora, weight in loras:
+            unet_layers = lora.for_component("unet")
+            if len(unet_layers) < len(lora.layers):
+                print(f"note: {lora.source}: {len(lora.layers) - len(unet_layers)} text-encoder layers are not part of a "
+                      "UNet merge; `resadapter-rt export` applies them", file=sys.stderr)
+            apply_lora(unet, unet_layers, weight, lora.source)
         unet.save_pretrained(tmp, safe_serialization=True)
         record = merge_record(components, adapter, alpha, loras)
         (tmp / "resadapter_merge.json").write_text(json.dumps(record, indent=2))
@@ -84,9 +85,12 @@ def _save_png(image, path: Path, parameters: dict) -> None:
     info.add_text("parameters", json.dumps(parameters))
     info.add_text("Software", "resadapter-rt")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, output: Path, quiet: bool) -> None:
@@ -106,10 +110,24 @@ def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, ou
           f"{pipe.backend} | {result.timings.summary()}")
 
 
+def _check_output_file(output: Path) -> None:
+    """An image path must name a file in a writable directory, and not a user's directory."""
+    if output.is_dir():
+        raise ResAdapterRTError(f"{output}: is a directory; pass a file name for -o/--output, e.g. {output / 'out.png'}")
+    if output.suffix.lower() != ".png":
+        raise ResAdapterRTError(f"{output}: images are written as PNG; pass a path ending in .png")
+    for ancestor in output.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+                raise ResAdapterRTError(f"{output}: cannot write here ({ancestor} is not a writable directory)")
+            break
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .runtime.pipeline import ResAdapterPipeline
 
     _check_generation_args(args)
+    _check_output_file(Path(args.output))
     pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend)
     _generate_images(pipe, args, args.width, args.height, Path(args.output), args.quiet)
     return 0
@@ -119,7 +137,10 @@ def _check_generation_args(args: argparse.Namespace) -> None:
     from .runtime.schedulers import SCHEDULERS
     from .runtime.runners import check_backend
 
+    from .runtime.pipeline import ResAdapterPipeline
+
     check_backend(args.backend)
+    ResAdapterPipeline.check_seed(args.seed)
     if args.scheduler not in SCHEDULERS:
         raise ResAdapterRTError(f"unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if args.alpha != "auto":
@@ -135,15 +156,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .export.exporter import ExportOptions, export_pipeline, read_manifest
     from .runtime.pipeline import ResAdapterPipeline
 
+    from .files import created_by_us
+
     artifacts = Path(args.artifacts)
+    _check_generation_args(args)
+    _check_output_file(Path(args.output_dir) / "demo.png")
     try:
         read_manifest(artifacts)
         print(f"using the existing export {artifacts}")
     except ResAdapterRTError:
+        if artifacts.exists() and (not artifacts.is_dir() or any(artifacts.iterdir())) and not created_by_us(artifacts):
+            raise ResAdapterRTError(f"{artifacts}: not an export and not created by resadapter-rt, so demo leaves it alone; "
+                                    "pass --artifacts with a new directory (or an existing export)") from None
         print(f"exporting the built-in tiny SD1.5 model with its tiny ResAdapter (dynamic alpha) to {artifacts} ...")
         export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic"), artifacts, force=True,
                         progress=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
-    _check_generation_args(args)
     pipe = ResAdapterPipeline.from_artifacts(artifacts, backend=args.backend)
     for width, height in DEMO_SIZES:
         _generate_images(pipe, args, width, height, Path(args.output_dir) / f"demo-{width}x{height}.png", args.quiet)
@@ -234,8 +261,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if record else 1
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes as one ``error:`` line (exit 2) naming the help to read, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resadapter-rt", description="ResAdapter merge / export / run for SD1.5 and SDXL.")
+    parser = _OneLineParser(prog="resadapter-rt", description="ResAdapter merge / export / run for SD1.5 and SDXL.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -306,6 +340,26 @@ def _quiet_library_progress_bars() -> None:
     diffusers_logging.disable_progress_bar()
 
 
+def _os_error_line(exc: OSError) -> str:
+    """One line for a failed file operation: which file, what the system said, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = {errno.ENOSPC: "free disk space or write elsewhere", errno.EFBIG: "free disk space or write elsewhere",
+            errno.EDQUOT: "free disk space or write elsewhere", errno.EACCES: "check the permissions",
+            errno.EROFS: "write to another location"}.get(exc.errno, "check the path and try again")
+    return f"{where}{exc.strerror or exc} ({hint})"
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``, if a library wrapped one (e.g. a write failing inside an exporter)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
@@ -318,6 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written to the output path", file=sys.stderr)
         return 130
+    except Exception as exc:  # one line for the user; the traceback with --verbose
+        if args.verbose:
+            raise
+        os_error = _os_error_in(exc)
+        if os_error is not None:
+            print(f"error: {_os_error_line(os_error)}; nothing was written to the output path", file=sys.stderr)
+            return 2
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"error: unexpected {type(exc).__name__}: {first} (a bug in resadapter-rt: run with --verbose for the "
+              "traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -53,13 +53,33 @@ def read_tensor_pickle(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+ARTIFACT_MARKER = ".resadapter-rt"  # written into every directory this tool creates; --force replaces only those
+
+
+def created_by_us(directory: Path) -> bool:
+    """Whether ``directory`` is an artifact resadapter-rt wrote (it carries the marker file)."""
+    return (Path(directory) / ARTIFACT_MARKER).is_file()
+
+
 def check_output_dir(final: Path, force: bool = False) -> None:
-    """Fail early (before any expensive work) if ``final`` cannot become a fresh output directory."""
+    """Fail early (before any expensive work) if ``final`` cannot become a fresh output directory.
+
+    ``force`` replaces only a directory this tool created (one carrying the marker file); a user's
+    directory is never replaced, whatever the flags.
+    """
     final = Path(final)
+    resolved = final.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise ResAdapterRTError(f"{final}: is the current directory (or holds it); choose a new directory for --out")
     if final.exists() and not final.is_dir():
         raise ResAdapterRTError(f"{final}: exists and is not a directory; choose another --out")
-    if final.is_dir() and any(final.iterdir()) and not force:
-        raise ResAdapterRTError(f"{final}: directory is not empty; pass --force to replace it or choose another --out")
+    if final.is_dir() and any(final.iterdir()):
+        if not created_by_us(final):
+            raise ResAdapterRTError(
+                f"{final}: directory is not empty and was not created by resadapter-rt, so it is left alone; "
+                "choose another --out (or empty it yourself)")
+        if not force:
+            raise ResAdapterRTError(f"{final}: directory is not empty; pass --force to replace it or choose another --out")
     for ancestor in final.parents:
         if ancestor.exists():
             if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
@@ -68,32 +88,79 @@ def check_output_dir(final: Path, force: bool = False) -> None:
 
 
 @contextlib.contextmanager
+def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on ``lock_path``; a second holder is refused in one line.
+
+    The lock file is removed on release; a holder that locked a file already unlinked retries.
+    """
+    import fcntl
+
+    while True:
+        try:
+            handle = open(lock_path, "a+")
+        except OSError as exc:
+            raise ResAdapterRTError(f"{lock_path.parent}: cannot write here ({exc.strerror}); choose a writable location") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ResAdapterRTError(f"{what}: another resadapter-rt process is writing it (lock {lock_path}); "
+                                    "wait for it to finish or choose another output") from None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        handle.close()
+
+
+def apply_umask(directory: Path) -> None:
+    """``mkdtemp`` makes 0700 directories; give the finished artifact the mode the umask asks for."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+
+
+@contextlib.contextmanager
 def atomic_directory(final: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; on success it replaces ``final`` in one rename.
 
-    An exception (or Ctrl-C) removes the temporary directory, so a half-written artifact is
-    never left where it would be picked up.
+    While it is open, ``final`` is locked against other resadapter-rt writers (a second one is
+    refused). An exception (or Ctrl-C) removes the temporary directory, so a half-written artifact
+    is never left where it would be picked up. The result carries the marker file and the
+    umask's permissions.
     """
     final = Path(final)
     check_output_dir(final, force)
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
     except OSError as exc:
         raise ResAdapterRTError(f"{parent}: cannot write here ({exc.strerror}); choose a writable --out") from None
-    try:
-        yield tmp
-        if final.exists():
-            old = parent / f".{final.name}.old-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with exclusive_lock(parent / f".{final.name}.lock", str(final)):
+        check_output_dir(final, force)  # again: another writer may have finished while we were starting
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+        try:
+            yield tmp
+            (tmp / ARTIFACT_MARKER).write_text('{"created_by": "resadapter-rt"}\n')
+            apply_umask(tmp)
+            if final.exists():
+                old = parent / f".{final.name}.old-{os.getpid()}"
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

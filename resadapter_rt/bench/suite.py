@@ -90,7 +90,7 @@ def unet_step_rows(export_dir: Path, sizes, batches, repeats: int, label: str) -
     from ..export.exporter import read_manifest
 
     manifest = read_manifest(export_dir)
-    torch_unet = torch_runners(manifest, fused_group_norm=False)[0]["unet"]
+    torch_unet = torch_runners(manifest, export_dir, fused_group_norm=False)[0]["unet"]
     ort_unet = OnnxRuntimeRunner(export_dir / "unet" / "model.onnx", providers=["CPUExecutionProvider"])
     unet = torch_unet.module.unet
     sdxl = manifest["family"] == "sdxl"

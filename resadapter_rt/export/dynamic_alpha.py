@@ -1,11 +1,15 @@
 """Keeping the ResAdapter LoRA as a separate branch whose scale is a graph input (``alpha`` dynamic mode).
 
 Each sampler conv becomes ``conv(x) + alpha * scale * up(down(x))``; ``down`` copies the base conv's
-stride and padding, so the branch computes exactly the merged update. ``alpha`` is one tensor shared
-by every branch and set per call, which lets one export serve every resolution's best alpha.
+stride and padding, so the branch computes exactly the merged update. ``alpha`` is one input shared
+by every branch of a call, which lets one export serve every resolution's best alpha.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -15,10 +19,28 @@ from ..models.lora import LoraLayer
 
 
 class AlphaSource:
-    """Holds the current alpha tensor; the wrapper sets it before each forward."""
+    """The alpha of the call in progress, bound to that call rather than stored on the module.
+
+    ``bound(alpha)`` sets it for the duration of one forward in the caller's context (a
+    ``ContextVar``), so two threads running the same UNet with different alphas each see their
+    own; outside a call the branches fall back to 1.0.
+    """
 
     def __init__(self) -> None:
-        self.value: torch.Tensor = torch.tensor(1.0)
+        self._current: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("resadapter_alpha", default=None)
+
+    @contextlib.contextmanager
+    def bound(self, alpha: torch.Tensor) -> Iterator[None]:
+        token = self._current.set(alpha)
+        try:
+            yield
+        finally:
+            self._current.reset(token)
+
+    @property
+    def value(self) -> torch.Tensor:
+        current = self._current.get()
+        return torch.tensor(1.0) if current is None else current
 
 
 class LoraBranchConv2d(nn.Module):

@@ -25,7 +25,7 @@ from ..files import atomic_directory, check_output_dir
 from ..models.lora import read_lora_file
 from ..models.merge import merge_adapter, merge_loras, parse_alpha, parse_lora_spec
 from ..models.components import load_components
-from .graph import cleanup, group_norm_counts, save
+from .graph import EXTERNAL_DATA_SUFFIX, cleanup, group_norm_counts, save
 from .ort_fusion import fuse_for_cuda
 from .precision import half_precision_copy
 from .specs import (ComponentSpec, TextEncoderForExport, UNetForExport, VaeDecoderForExport, text_encoder_spec,
@@ -161,6 +161,12 @@ def export_pipeline(options: ExportOptions, out: Path, force: bool = False, prog
     """
     options = options.checked()
     check_output_dir(Path(out), force)
+    with atomic_directory(Path(out), force=force) as tmp:
+        return _export_into(tmp, options, progress)
+
+
+def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
+    """The work of ``export_pipeline``, written into the (temporary) directory ``tmp``."""
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)  # constant folding runs ORT; keep its notices out of the way
@@ -211,63 +217,97 @@ def export_pipeline(options: ExportOptions, out: Path, force: bool = False, prog
         "torch_version": torch.__version__, "onnx_version": onnx.__version__,
         "vae_scaling_factor": float(components.vae.config.scaling_factor) if components.vae else None,
         "vae_scale_factor": 2 ** (len(components.vae.config.block_out_channels) - 1) if components.vae else None,
-        # SDXL pipelines (diffusers default) use zero embeddings for an absent negative prompt.
-        "force_zeros_for_empty_prompt": sdxl,
+        # Read from the model (SDXL pipelines default to zero embeddings for an absent negative prompt).
+        "force_zeros_for_empty_prompt": bool(components.force_zeros_for_empty_prompt),
         "components": {},
     }
-    with atomic_directory(Path(out), force=force) as tmp:
-        for module, spec, example, cases in jobs:
-            path = tmp / spec.name / "model.onnx"
-            tick = time.perf_counter()
-            progress(f"[export] {spec.name}: tracing and writing ONNX ...")
-            # fp16 covers the UNet (where the time goes) and the SD1.5 VAE decoder. SDXL's VAE overflows in
-            # fp16 (black/NaN images) and the text encoders run once per prompt: they stay fp32.
-            half = spec.name == "unet" or (spec.name == "vae_decoder" and not sdxl)
-            dtype = options.dtype if half else "fp32"
-            with upsample_sizes_from_skips(unet):
-                traced = half_precision_copy(module) if dtype == "fp16" else module
-                before = _export_one(traced, spec, example, path)
-            del traced
-            exported = time.perf_counter() - tick
-            progress(f"[export] {spec.name}: validating against PyTorch at {len(cases)} off-trace shapes ...")
-            results = _validate(module, spec, path, cases, MAX_RELATIVE_ERROR[dtype])
-            fused = options.target == "cuda" and fuse_for_cuda(path, spec.name)  # validated above, pre-fusion
-            after = group_norm_counts(onnx.load(str(path), load_external_data=False))
-            manifest["components"][spec.name] = {
-                "path": f"{spec.name}/model.onnx",
-                "dtype": dtype, "io_dtype": "fp32",
-                "sha256": sha256_file(path),
-                "external_data": (path.parent / "model.onnx.data").is_file(),
-                **_io_description(path),
-                "trace_shape": {k: list(v.shape) for k, v in example.items()},
-                "group_norm": {"form": GROUP_NORM_FORM["cuda" if fused else "cpu"], "before": before, "after": after},
-                "validated_graph": "pre-fusion (fused CUDA ops have no CPU kernels)" if fused else "as written",
-                "export_seconds": round(exported, 2),
-                "validation": results,
-            }
-            worst = max(r["relative_error"] for r in results)
-            progress(f"[export] {spec.name}: ok ({exported:.1f} s, worst relative error {worst:.1e})")
-        for name in ("tokenizer", "tokenizer_2", "scheduler"):
-            part = getattr(components, name)
-            if part is not None:
-                part.save_pretrained(tmp / name)
-        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    for module, spec, example, cases in jobs:
+        path = tmp / spec.name / "model.onnx"
+        tick = time.perf_counter()
+        progress(f"[export] {spec.name}: tracing and writing ONNX ...")
+        # fp16 covers the UNet (where the time goes) and the SD1.5 VAE decoder. SDXL's VAE overflows in
+        # fp16 (black/NaN images) and the text encoders run once per prompt: they stay fp32.
+        half = spec.name == "unet" or (spec.name == "vae_decoder" and not sdxl)
+        dtype = options.dtype if half else "fp32"
+        with upsample_sizes_from_skips(unet):
+            traced = half_precision_copy(module) if dtype == "fp16" else module
+            before = _export_one(traced, spec, example, path)
+        del traced
+        exported = time.perf_counter() - tick
+        progress(f"[export] {spec.name}: validating against PyTorch at {len(cases)} off-trace shapes ...")
+        results = _validate(module, spec, path, cases, MAX_RELATIVE_ERROR[dtype])
+        fused = options.target == "cuda" and fuse_for_cuda(path, spec.name)  # validated above, pre-fusion
+        after = group_norm_counts(onnx.load(str(path), load_external_data=False))
+        manifest["components"][spec.name] = {
+            "path": f"{spec.name}/model.onnx",
+            "dtype": dtype, "io_dtype": "fp32",
+            "sha256": sha256_file(path),
+            "external_data": (path.parent / "model.onnx.data").is_file(),
+            **_io_description(path),
+            "trace_shape": {k: list(v.shape) for k, v in example.items()},
+            "group_norm": {"form": GROUP_NORM_FORM["cuda" if fused else "cpu"], "before": before, "after": after},
+            "validated_graph": "pre-fusion (fused CUDA ops have no CPU kernels)" if fused else "as written",
+            "export_seconds": round(exported, 2),
+            "validation": results,
+        }
+        worst = max(r["relative_error"] for r in results)
+        progress(f"[export] {spec.name}: ok ({exported:.1f} s, worst relative error {worst:.1e})")
+    for name in ("tokenizer", "tokenizer_2", "scheduler"):
+        part = getattr(components, name)
+        if part is not None:
+            part.save_pretrained(tmp / name)
+    manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
+REQUIRED_KEYS = ("family", "training_size", "sources", "alpha_mode", "alpha", "dtype", "target", "components")
+
+
 def read_manifest(directory: Path) -> dict:
-    """The manifest of an export directory, refusing other formats and versions with one line."""
+    """The manifest of an export directory, refusing other formats, versions and shapes with one line."""
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise ResAdapterRTError(f"{directory}: no manifest.json; not an export directory (create one with `resadapter-rt export`)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ResAdapterRTError(f"{path}: not valid JSON; re-run `resadapter-rt export`") from None
+    if not isinstance(manifest, dict):
+        raise ResAdapterRTError(f"{path}: expected a JSON object, found {type(manifest).__name__}; re-run `resadapter-rt export`")
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") != MANIFEST_VERSION:
         raise ResAdapterRTError(
             f"{directory}: export format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
             f"{MANIFEST_FORMAT} v{MANIFEST_VERSION}; re-export it with this version (`resadapter-rt export ... --force`)"
         )
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing or not isinstance(manifest["components"], dict) or not manifest["components"]:
+        raise ResAdapterRTError(f"{path}: incomplete manifest (missing {', '.join(missing) or 'components'}); "
+                                "re-run `resadapter-rt export ... --force`")
     return manifest
+
+
+def export_files_problem(directory: Path, manifest: dict) -> str | None:
+    """What is wrong with an export's files (a component outside the directory or missing), or None."""
+    root = Path(directory).resolve()
+    for name, component in manifest["components"].items():
+        relative = component.get("path", "") if isinstance(component, dict) else ""
+        path = (root / relative).resolve()
+        if not relative or root not in path.parents:
+            return f"component {name} has path {relative!r}, which is not inside the export directory"
+        if not path.is_file():
+            return f"{relative} is missing"
+        if component.get("external_data") and not path.with_name(path.name + EXTERNAL_DATA_SUFFIX).is_file():
+            return f"{relative}{EXTERNAL_DATA_SUFFIX} (its weights) is missing"
+    for part in ("tokenizer", "scheduler"):
+        if "text_encoder" in manifest["components"] and not (root / part).is_dir():
+            return f"{part}/ is missing"
+    return None
+
+
+def check_export_files(directory: Path, manifest: dict) -> None:
+    """Refuse, in one line, an export whose files are incomplete or point outside it."""
+    problem = export_files_problem(directory, manifest)
+    if problem:
+        raise ResAdapterRTError(f"{directory}: {problem}; the export is incomplete: re-export it "
+                                "(`resadapter-rt export ... --force`)")

@@ -41,9 +41,10 @@ class UNetForExport(nn.Module):
         added = None
         if self.sdxl:
             added = {"text_embeds": extra.pop(0), "time_ids": extra.pop(0)}
-        if self.alpha is not None:
-            self.alpha.value = extra.pop(0)
-        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+        if self.alpha is None:
+            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+        with self.alpha.bound(extra.pop(0)):
+            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
 class TextEncoderForExport(nn.Module):

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 TINY_MODELS = ("tiny-sd15", "tiny-sdxl")
 _HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.txt", "*/*.json", "*/model.safetensors", "*/diffusion_pytorch_model.safetensors"]
+_LIBRARIES = ("diffusers", "transformers")
 _COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
@@ -34,6 +35,13 @@ class PipelineComponents:
     tokenizer: Any = None
     tokenizer_2: Any = None
     scheduler: Any = None
+    # SDXL pipelines use zero embeddings for an absent negative prompt unless the model says otherwise.
+    force_zeros_for_empty_prompt: bool | None = None
+    path: Path | None = None  # the local file or directory it was loaded from (None: built in)
+
+    def __post_init__(self) -> None:
+        if self.force_zeros_for_empty_prompt is None:
+            self.force_zeros_for_empty_prompt = self.family is SDXL
 
     def networks(self) -> dict[str, Any]:
         """Present torch modules by component name (the keys LoRA files use)."""
@@ -50,7 +58,8 @@ class PipelineComponents:
         kwargs = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
                       scheduler=scheduler if scheduler is not None else self.scheduler)
         if self.family is SDXL:
-            return StableDiffusionXLPipeline(text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2, **kwargs)
+            return StableDiffusionXLPipeline(text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
+                                             force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt, **kwargs)
         return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kwargs)
 
 
@@ -58,8 +67,40 @@ def _load_class(library: str, class_name: str):
     return getattr(importlib.import_module(library), class_name)
 
 
+def _read_model_index(directory: Path) -> dict:
+    try:
+        index = json.loads((directory / "model_index.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResAdapterRTError(f"{directory / 'model_index.json'}: not valid JSON ({exc}); "
+                                "restore it from the model's release") from None
+    if not isinstance(index, dict):
+        raise ResAdapterRTError(f"{directory / 'model_index.json'}: expected a JSON object, found {type(index).__name__}")
+    return index
+
+
+def _load_component(directory: Path, name: str, spec: Any) -> Any:
+    """One component by the (library, class) that model_index.json names, as a one-line error if it cannot load."""
+    if not isinstance(spec, (list, tuple)) or len(spec) != 2 or not all(isinstance(s, str) for s in spec):
+        raise ResAdapterRTError(f"{directory / 'model_index.json'}: entry '{name}' should be [library, class], got {spec!r}")
+    library, class_name = spec
+    if library not in _LIBRARIES:
+        raise ResAdapterRTError(f"{directory / 'model_index.json'}: '{name}' comes from library {library!r}; "
+                                f"only {', '.join(_LIBRARIES)} components are loaded")
+    try:
+        cls = _load_class(library, class_name)
+    except (ImportError, AttributeError):
+        raise ResAdapterRTError(f"{directory / 'model_index.json'}: '{name}' names {library}.{class_name}, "
+                                f"which {library} does not have") from None
+    try:
+        return cls.from_pretrained(directory / name)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ResAdapterRTError(f"{directory / name}: could not load the {name} ({reason}); "
+                                "is a weight or config file missing or truncated?") from None
+
+
 def _load_pipeline_dir(directory: Path, label: str, unet_only: bool) -> PipelineComponents:
-    index = json.loads((directory / "model_index.json").read_text())
+    index = _read_model_index(directory)
     loaded: dict[str, Any] = {}
     for name in ("unet",) if unet_only else _COMPONENTS:
         spec = index.get(name)
@@ -67,11 +108,13 @@ def _load_pipeline_dir(directory: Path, label: str, unet_only: bool) -> Pipeline
             continue
         if not (directory / name).is_dir():
             raise ResAdapterRTError(f"{directory}: model_index.json lists '{name}' but the folder {name}/ is missing")
-        loaded[name] = _load_class(*spec).from_pretrained(directory / name)
+        loaded[name] = _load_component(directory, name, spec)
     if "unet" not in loaded:
         raise ResAdapterRTError(f"{directory}: this pipeline has no UNet (model_index.json lists none)")
     family = family_of_unet_config(loaded["unet"].config)
-    return PipelineComponents(family=family, source=label, **loaded)
+    force_zeros = index.get("force_zeros_for_empty_prompt")
+    return PipelineComponents(family=family, source=label, **loaded,
+                              force_zeros_for_empty_prompt=None if force_zeros is None else bool(force_zeros))
 
 
 def _load_single_file(path: Path, label: str, config: str | None) -> PipelineComponents:
@@ -99,7 +142,9 @@ def _load_single_file(path: Path, label: str, config: str | None) -> PipelineCom
             "diffusers pipeline directory of the same architecture"
         ) from None
     kwargs = {n: getattr(pipe, n, None) for n in _COMPONENTS}
-    return PipelineComponents(family=SDXL if is_sdxl else FAMILIES["sd15"], source=label, **kwargs)
+    force_zeros = pipe.config.get("force_zeros_for_empty_prompt") if is_sdxl else None
+    return PipelineComponents(family=SDXL if is_sdxl else FAMILIES["sd15"], source=label, **kwargs,
+                              force_zeros_for_empty_prompt=force_zeros)
 
 
 def load_components(model: str | Path, *, unet_only: bool = False, config: str | None = None) -> PipelineComponents:
@@ -117,6 +162,11 @@ def load_components(model: str | Path, *, unet_only: bool = False, config: str |
         path = tiny_pipeline_dir(FAMILIES[label.removeprefix("tiny-")])
     else:
         path = resolve_reference(model, "model", patterns=_HUB_PATTERNS)
+    components = _load_path(path, label, unet_only, config)
+    return components if label in TINY_MODELS else components.with_(path=path)
+
+
+def _load_path(path: Path, label: str, unet_only: bool, config: str | None) -> PipelineComponents:
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             raise ResAdapterRTError(

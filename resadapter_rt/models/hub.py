@@ -18,6 +18,9 @@ def looks_like_hub_reference(reference: str) -> bool:
 def download_from_hub(reference: str, patterns: list[str] | None = None) -> Path:
     """Download ``owner/repo[/subfolder]`` into the hub cache and return the local folder."""
     parts = reference.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ResAdapterRTError(f"{reference}: a hub reference is owner/repo[/subfolder] without '.', '..' or empty parts; "
+                                "name the subfolder inside the repository directly")
     repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
     allow = [f"{subfolder}/{p}" if subfolder else p for p in (patterns or ["*"])]
     try:
@@ -31,6 +34,8 @@ def download_from_hub(reference: str, patterns: list[str] | None = None) -> Path
             f"({type(exc).__name__}: {reason}); if you are offline, pass a local directory or file instead"
         ) from None
     folder = root / subfolder if subfolder else root
+    if root.resolve() != folder.resolve() and root.resolve() not in folder.resolve().parents:
+        raise ResAdapterRTError(f"{reference}: the subfolder leads outside the downloaded repository; refused")
     if not folder.is_dir():
         raise ResAdapterRTError(f"{reference}: the hub repository {repo_id} has no folder {subfolder!r}")
     return folder

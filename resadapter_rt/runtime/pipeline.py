@@ -14,11 +14,13 @@ from PIL import Image
 
 from .alpha_policy import auto_alpha
 from ..errors import ResAdapterRTError
-from ..export.exporter import read_manifest
+from ..export.exporter import check_export_files, read_manifest
 from ..export.specs import ALPHA_INPUT
 from ..engines.profiles import FAMILY_PIXEL_RANGE
 from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
+
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass
@@ -120,11 +122,12 @@ class ResAdapterPipeline:
         check_backend(backend)
         export_dir = directory / "onnx" if (directory / "onnx").is_dir() else directory
         manifest = read_manifest(export_dir)
+        check_export_files(export_dir, manifest)
         profiles, fused = None, 0
         if backend == "onnxruntime":
             runners = onnxruntime_runners(export_dir, manifest)
         elif backend == "torch":
-            runners, fused = torch_runners(manifest, fused_group_norm)
+            runners, fused = torch_runners(manifest, export_dir, fused_group_norm)
         else:
             engine_manifest = directory / "manifest.json"
             specs = json.loads(engine_manifest.read_text()).get("profiles", []) if engine_manifest.is_file() and export_dir != directory else []
@@ -168,6 +171,22 @@ class ResAdapterPipeline:
             raise ResAdapterRTError("prompt is empty; pass the text to generate from")
         if images_per_prompt < 1:
             raise ResAdapterRTError(f"num_images_per_prompt must be >= 1, got {images_per_prompt}")
+
+    @staticmethod
+    def check_seed(seed: int | None) -> None:
+        """torch generators take seeds in [-2**63, 2**64 - 1]."""
+        if seed is not None and (not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+            raise ResAdapterRTError(f"seed {seed} is out of range; use an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+
+    @staticmethod
+    def _check_steps(noise_scheduler: Any, name: str, steps: int) -> None:
+        """Schedulers cap the step count (training timesteps; LCM: its original inference steps)."""
+        limit = noise_scheduler.config.num_train_timesteps
+        if name == "lcm":
+            limit = min(limit, noise_scheduler.config.original_inference_steps)
+        if steps > limit:
+            raise ResAdapterRTError(f"{steps} steps is more than the {name} scheduler supports here (at most {limit}); "
+                                    f"use --steps {limit} or fewer")
 
     def resolve_alpha(self, requested, width: int, height: int) -> float:
         """The alpha used: baked exports report theirs; dynamic ones take a number or ``"auto"``."""
@@ -251,6 +270,7 @@ class ResAdapterPipeline:
                 images_per_prompt, resadapter_alpha, scheduler) -> GenerationRequest:
         """Stage 1: check the request and resolve alpha, the prompt batch and the random generator."""
         self._check_request(prompt, height, width, steps, guidance_scale, images_per_prompt)
+        self.check_seed(seed)
         noise_scheduler = make_scheduler(scheduler, self.scheduler_config)
         alpha = self.resolve_alpha(resadapter_alpha, width, height)
         prompts = ([prompt] if isinstance(prompt, str) else list(prompt))
@@ -261,6 +281,7 @@ class ResAdapterPipeline:
                 [n for n in negative_prompt for _ in range(images_per_prompt)]
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        self._check_steps(noise_scheduler, scheduler, steps)
         return GenerationRequest(prompts=prompts, negatives=negatives, height=height, width=width, steps=steps,
                                  guidance_scale=guidance_scale, alpha=alpha, scheduler=scheduler, seed=seed,
                                  generator=generator, noise_scheduler=noise_scheduler)

@@ -108,6 +108,14 @@ def onnxruntime_tensorrt_runners(directory: Path, manifest: dict, profiles: list
 
 
 def onnxruntime_runners(directory: Path, manifest: dict) -> dict[str, Runner]:
+    """ONNX Runtime sessions for every component; ``cuda``-target exports need the CUDA provider."""
+    if manifest.get("target") == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ResAdapterRTError(
+                f"{directory}: this export targets CUDA (its fused GroupNorm ops have no CPU kernels) and this machine's "
+                "onnxruntime has no CUDA provider; run it where onnxruntime-gpu sees a GPU, or re-export with --target cpu")
     return {name: OnnxRuntimeRunner(directory / spec["path"]) for name, spec in manifest["components"].items()}
 
 
@@ -122,8 +130,10 @@ def fused_group_norm_default() -> bool:
     return torch.cuda.is_available() and triton_available()
 
 
-def torch_runners(manifest: dict, fused_group_norm: bool | None = None) -> tuple[dict[str, Runner], int]:
+def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | None = None) -> tuple[dict[str, Runner], int]:
     """Rebuild the merged PyTorch networks from the sources the manifest records (same merge as export).
+
+    The sources must be the recorded ones: local paths as recorded (never the hub), files unchanged.
 
     With ``fused_group_norm`` (default: on with CUDA and Triton) every GroupNorm -> SiLU pair of the
     UNet and VAE decoder runs as one fused kernel; returns the runners and how many pairs were fused.
@@ -134,16 +144,18 @@ def torch_runners(manifest: dict, fused_group_norm: bool | None = None) -> tuple
     from ..models.lora import read_lora_file
     from ..models.merge import merge_adapter, merge_loras
     from ..models.components import load_components
+    from ..models.provenance import check_adapter_files, recorded_sources
     from ..export.specs import TextEncoderForExport, UNetForExport, VaeDecoderForExport
 
-    sources = manifest["sources"]
-    components = load_components(sources["model"])
-    adapter = load_adapter(sources["resadapter"]["source"])
+    sources = recorded_sources(manifest["sources"], export_dir)
+    components = load_components(sources.model)
+    adapter = load_adapter(sources.resadapter)
+    check_adapter_files(adapter, manifest["sources"])
     dynamic = manifest["alpha_mode"] == "dynamic"
     unet = merge_adapter(components.unet, adapter, 0.0 if dynamic else manifest["alpha"], inplace=True)
     alpha = attach_lora_branches(unet, adapter) if dynamic else None
     networks = {"unet": unet, **{n: getattr(components, n) for n in ("text_encoder", "text_encoder_2") if getattr(components, n) is not None}}
-    merge_loras(networks, [(read_lora_file(Path(item["source"])), item["weight"]) for item in sources["loras"]])
+    merge_loras(networks, [(read_lora_file(path), weight) for path, weight in sources.loras])
     sdxl = components.family is SDXL
     fused = 0
     if fused_group_norm_default() if fused_group_norm is None else fused_group_norm:

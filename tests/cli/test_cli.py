@@ -27,7 +27,8 @@ def test_merge_writes_a_loadable_diffusers_unet(tmp_path):
     out = tmp_path / "merged"
     result = run_cli("merge", "--model", "tiny-sdxl", "--resadapter", "tiny-sdxl", "--alpha", "0.6", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors", "resadapter_merge.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".resadapter-rt", "config.json", "diffusion_pytorch_model.safetensors",
+                                                     "resadapter_merge.json"]
     loaded = UNet2DConditionModel.from_pretrained(out).eval()
     expected = merge_adapter(load_components("tiny-sdxl", unet_only=True).unet, load_adapter("tiny-sdxl"), 0.6)
     inputs = unet_inputs(loaded, height=10, width=14)
@@ -96,16 +97,21 @@ def test_pickle_checkpoint_model_is_refused(tmp_path, capsys):
     assert "pickle checkpoints can run arbitrary code and are not loaded; use the .safetensors release" in capsys.readouterr().err
 
 
-def test_non_empty_output_needs_force(tmp_path, capsys):
+def test_force_replaces_only_what_resadapter_rt_created(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     args = ["merge", "--model", "tiny-sd15", "--resadapter", "tiny-sd15", "--out", str(out)]
+    for extra in ([], ["--force"]):
+        assert main(args + extra) == 2
+        assert capsys.readouterr().err == (f"error: {out}: directory is not empty and was not created by resadapter-rt, "
+                                           "so it is left alone; choose another --out (or empty it yourself)\n")
+        assert (out / "keep.txt").read_text() == "user data"
+    (out / "keep.txt").unlink()
+    assert main(args) == 0  # empty: written
     assert main(args) == 2
     assert f"error: {out}: directory is not empty; pass --force to replace it or choose another --out" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "user data"
-    assert main(args + ["--force"]) == 0
-    assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+    assert main(args + ["--force"]) == 0  # ours: replaced
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):

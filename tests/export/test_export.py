@@ -156,6 +156,11 @@ def test_export_refuses_non_empty_and_unwritable_output(tmp_path, capsys):
     args = ["export", "--model", "tiny-sd15", "--resadapter", "tiny-sd15", "-q"]
     assert main(args + ["--out", str(tmp_path / "full")]) == 2
     assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'full'}: directory is not empty and was not created by resadapter-rt, so it is left alone; "
+        "choose another --out (or empty it yourself)")
+    (tmp_path / "full" / ".resadapter-rt").write_text("{}")  # one of ours: replaced only with --force
+    assert main(args + ["--out", str(tmp_path / "full")]) == 2
+    assert capsys.readouterr().err.strip() == (
         f"error: {tmp_path / 'full'}: directory is not empty; pass --force to replace it or choose another --out")
     (tmp_path / "afile").write_text("x")
     assert main(args + ["--out", str(tmp_path / "afile" / "sub")]) == 2

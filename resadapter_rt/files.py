@@ -122,10 +122,17 @@ def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
 
 
 def apply_umask(directory: Path) -> None:
-    """``mkdtemp`` makes 0700 directories; give the finished artifact the mode the umask asks for."""
+    """Give a finished artifact the modes the umask asks for, throughout.
+
+    ``mkdtemp`` makes 0700 directories and some writers (safetensors) make 0600 files, which a
+    service account reading the artifact could not open.
+    """
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
+    for root, dirs, files in os.walk(directory):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 @contextlib.contextmanager

@@ -31,11 +31,25 @@ class CliResult:
     stderr: str
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300) -> CliResult:
-    """``resadapter-rt ARGS`` in a subprocess (so a traceback or a crash is seen as a user would see it)."""
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300,
+            max_file_bytes: int | None = None) -> CliResult:
+    """``resadapter-rt ARGS`` in a subprocess (so a traceback or a crash is seen as a user would see it).
+
+    ``max_file_bytes`` caps the size of any file it writes (RLIMIT_FSIZE: writes fail with EFBIG, as on a full disk).
+    """
+    import resource
+
+    def limit() -> None:
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path, **(env or {})}
     done = subprocess.run([sys.executable, "-m", "resadapter_rt.cli", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 

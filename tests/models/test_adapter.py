@@ -167,3 +167,9 @@ def test_builtin_tiny_adapters_are_in_official_format():
         assert {layer.scale for layer in adapter.lora.layers.values()} == {0.5}
         names = {p.name for p in adapter.files}
         assert names == {"pytorch_lora_weights.safetensors", "diffusion_pytorch_model.safetensors"}
+
+
+@pytest.mark.parametrize("reference", ["owner/repo/../../etc", "owner/repo/./x", "owner/repo//x"])
+def test_hub_reference_cannot_leave_its_repository(reference):
+    with pytest.raises(ResAdapterRTError, match=r"a hub reference is owner/repo\[/subfolder\] without '\.', '\.\.' or empty parts"):
+        load_adapter(reference)

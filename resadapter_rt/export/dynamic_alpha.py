@@ -29,6 +29,12 @@ class AlphaSource:
     def __init__(self) -> None:
         self._current: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("resadapter_alpha", default=None)
 
+    def __getstate__(self) -> dict:
+        return {}  # a copy (deepcopy, pickle) gets its own, unbound variable
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     @contextlib.contextmanager
     def bound(self, alpha: torch.Tensor) -> Iterator[None]:
         token = self._current.set(alpha)

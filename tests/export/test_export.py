@@ -182,6 +182,16 @@ def test_unet_only_export(tmp_path):
     assert onnx.load(str(tmp_path / "out" / "unet" / "model.onnx")).graph.output[0].name == "out_sample"
 
 
+def test_fp16_export_with_dynamic_alpha_validates_at_two_alphas(tmp_path):
+    """The half-precision copy carries its own alpha binding (a deep copy of the dynamic-alpha UNet)."""
+    manifest = export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic", dtype="fp16",
+                                             validation_sizes=((328, 200, 1),)), tmp_path / "fp16", progress=quiet)
+    unet = manifest["components"]["unet"]
+    assert unet["dtype"] == "fp16" and "resadapter_alpha" in [i["name"] for i in unet["inputs"]]
+    alphas = {case["alpha"] for case in unet["validation"] if "alpha" in case}
+    assert len(alphas) >= 2 and all(r["relative_error"] < 2e-2 for r in unet["validation"])
+
+
 def test_fp16_export_keeps_groupnorm_fp32_and_matches_fp32_pytorch(tmp_path):
     manifest = export_pipeline(ExportOptions(model="tiny-sdxl", resadapter="tiny-sdxl", alpha=0.5, dtype="fp16",
                                              validation_sizes=((1000, 600, 1),)), tmp_path / "fp16", progress=quiet)

@@ -25,6 +25,7 @@ from ..files import atomic_directory, check_output_dir
 from ..models.lora import read_lora_file
 from ..models.merge import merge_adapter, merge_loras, parse_alpha, parse_lora_spec
 from ..models.components import load_components
+from .interop import interop_record, write_loader_files
 from .graph import EXTERNAL_DATA_SUFFIX, cleanup, group_norm_counts, save
 from .ort_fusion import fuse_for_cuda
 from .precision import half_precision_copy
@@ -44,7 +45,7 @@ DTYPES = tuple(MAX_RELATIVE_ERROR)
 # Off-trace validation sizes in pixels (width, height, batch): a non-multiple of 64, aspect 0.28 and 3.5.
 VALIDATION_SIZES = ((328, 200, 2), (1000, 600, 1), (280, 1000, 1), (1008, 288, 1))
 MANIFEST_FORMAT = "resadapter-rt/export"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: text encoders take int32 input_ids and use optimum's output names
 
 
 @dataclass
@@ -196,9 +197,8 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     jobs.append((unet_module, spec, spec.example(2, size, size), _unet_cases(spec, options.validation_sizes, dynamic)))
     for name in ("text_encoder", "text_encoder_2"):
         if name in networks:
-            hidden = "hidden_states" if sdxl else "last_hidden_state"
-            module = TextEncoderForExport(networks[name], penultimate=sdxl, projected=(name == "text_encoder_2")).eval()
-            spec = text_encoder_spec(name, networks[name], hidden)
+            module = TextEncoderForExport(networks[name], all_hidden_states=sdxl, projected=(name == "text_encoder_2")).eval()
+            spec = text_encoder_spec(name, networks[name], all_hidden_states=sdxl)
             jobs.append((module, spec, spec.example(1), [{"label": {"batch": 3}, "inputs": spec.example(3, seed=5)}]))
     if components.vae is not None:
         vae = VaeDecoderForExport(components.vae).eval()
@@ -256,6 +256,9 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         part = getattr(components, name)
         if part is not None:
             part.save_pretrained(tmp / name)
+    if "text_encoder" in networks and components.vae is not None:  # a whole pipeline: loadable by optimum/diffusers
+        write_loader_files(tmp, components, networks, sdxl)
+        manifest["interop"] = interop_record(dynamic)
     manifest["export_seconds"] = round(time.perf_counter() - started, 2)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -1,6 +1,6 @@
 """What each pipeline component exports: names, dynamic axes, wrappers and example inputs (declared once).
 
-Names follow diffusers/optimum. ``timestep`` is float32 ``[B]`` (Karras/Euler schedules use
+Names follow diffusers/optimum; text encoders take int32 ``input_ids``. ``timestep`` is float32 ``[B]`` (Karras/Euler schedules use
 fractional timesteps). Token length is dynamic in multiples of 77 for long prompts.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -48,17 +48,31 @@ class UNetForExport(nn.Module):
 
 
 class TextEncoderForExport(nn.Module):
-    """SD1.5: last hidden state + pooled. SDXL: penultimate hidden state (+ projected pooled for encoder 2)."""
+    """CLIP text encoder with optimum's output names; ``input_ids`` int32 (cast inside the graph).
 
-    def __init__(self, encoder: nn.Module, penultimate: bool, projected: bool) -> None:
+    SD1.5: ``last_hidden_state``, ``pooler_output``. SDXL (``all_hidden_states``): the same, or
+    ``text_embeds``, ``last_hidden_state`` for the projected encoder 2, then every
+    ``hidden_states.{i}``, i = 0..layers, in optimum's exporter's order; the UNet takes the
+    penultimate one, ``hidden_states.{layers - 1}``.
+    """
+
+    def __init__(self, encoder: nn.Module, all_hidden_states: bool, projected: bool) -> None:
         super().__init__()
-        self.encoder, self.penultimate, self.projected = encoder, penultimate, projected
+        self.encoder, self.all_hidden_states, self.projected = encoder, all_hidden_states, projected
 
     def forward(self, input_ids):
-        out = self.encoder(input_ids, output_hidden_states=self.penultimate)
-        hidden = out.hidden_states[-2] if self.penultimate else out.last_hidden_state
-        pooled = out.text_embeds if self.projected else out.pooler_output
-        return hidden, pooled
+        out = self.encoder(input_ids.long(), output_hidden_states=self.all_hidden_states)
+        if not self.all_hidden_states:
+            return out.last_hidden_state, out.pooler_output
+        if self.projected:
+            return (out.text_embeds, out.last_hidden_state, *out.hidden_states)
+        return (out.last_hidden_state, out.pooler_output, *out.hidden_states)
+
+
+def penultimate_hidden_state(output_names: Iterable[str]) -> str:
+    """The output an SDXL UNet is conditioned on: ``hidden_states.{layers - 1}``."""
+    layers = max(int(name.rpartition(".")[2]) for name in output_names if name.startswith("hidden_states."))
+    return f"hidden_states.{layers - 1}"
 
 
 class VaeDecoderForExport(nn.Module):
@@ -117,16 +131,23 @@ def unet_spec(unet: nn.Module, sdxl: bool, dynamic_alpha: bool) -> ComponentSpec
     return ComponentSpec("unet", tuple(inputs), ("out_sample",), axes, example)
 
 
-def text_encoder_spec(name: str, encoder: nn.Module, hidden_output: str) -> ComponentSpec:
+def text_encoder_spec(name: str, encoder: nn.Module, all_hidden_states: bool) -> ComponentSpec:
     vocab = encoder.config.vocab_size
 
     def example(batch: int, *_ignored, seed: int = 0, **_unused):
         g = torch.Generator().manual_seed(seed)
-        return {"input_ids": torch.randint(0, vocab, (batch, 77), generator=g)}
+        return {"input_ids": torch.randint(0, vocab, (batch, 77), generator=g, dtype=torch.int32)}
 
     pooled = "text_embeds" if name == "text_encoder_2" else "pooler_output"
-    axes = {"input_ids": {0: "batch"}, hidden_output: {0: "batch"}, pooled: {0: "batch"}}
-    return ComponentSpec(name, ("input_ids",), (hidden_output, pooled), axes, example)
+    if all_hidden_states:
+        layers = encoder.config.num_hidden_layers
+        # optimum's order: diffusers' SDXL pipeline takes the first 2-D output it sees as the pooled embedding
+        first = ("text_embeds", "last_hidden_state") if pooled == "text_embeds" else ("last_hidden_state", "pooler_output")
+        outputs = (*first, *(f"hidden_states.{i}" for i in range(layers + 1)))
+    else:
+        outputs = ("last_hidden_state", pooled)
+    axes = {"input_ids": {0: "batch"}, **{output: {0: "batch"} for output in outputs}}
+    return ComponentSpec(name, ("input_ids",), outputs, axes, example)
 
 
 def vae_decoder_spec(vae: nn.Module) -> ComponentSpec:

@@ -15,7 +15,7 @@ from PIL import Image
 from .alpha_policy import auto_alpha
 from ..errors import ResAdapterRTError
 from ..export.exporter import check_export_files, read_manifest
-from ..export.specs import ALPHA_INPUT
+from ..export.specs import ALPHA_INPUT, penultimate_hidden_state
 from ..engines.profiles import FAMILY_PIXEL_RANGE
 from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
@@ -102,6 +102,9 @@ class ResAdapterPipeline:
         self.tokenizers = [CLIPTokenizer.from_pretrained(directory / name) for name in ("tokenizer", "tokenizer_2") if (directory / name).is_dir()]
         self.scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
         self.unet_inputs = runners["unet"].input_names
+        # SDXL conditions on each encoder's penultimate hidden state
+        self.penultimate = [penultimate_hidden_state(o["name"] for o in manifest["components"][name]["outputs"])
+                            for name in ("text_encoder", "text_encoder_2")] if self.sdxl else []
         self.profiles = None  # engine profiles (TensorRT backends); None: the export's per-side range
         self.fused_group_norm_pairs = 0  # GroupNorm -> SiLU pairs running as one fused kernel (torch backend)
         self.device = "cuda" if backend == "tensorrt" else "cpu"
@@ -205,7 +208,7 @@ class ResAdapterPipeline:
     # -- stages -------------------------------------------------------------------------------
     def _tokens(self, tokenizer, texts: list[str]) -> torch.Tensor:
         return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids
+                         return_tensors="pt").input_ids.to(torch.int32)
 
     def _encode(self, prompts: list[str], negatives: list[str] | None, cfg: bool):
         """Text embeddings for [negative..., positive...] (CFG order of diffusers) and SDXL pooled embeds."""
@@ -214,7 +217,7 @@ class ResAdapterPipeline:
                 return self.runners["text_encoder"](input_ids=self._tokens(self.tokenizers[0], texts))["last_hidden_state"], None
             first = self.runners["text_encoder"](input_ids=self._tokens(self.tokenizers[0], texts))
             second = self.runners["text_encoder_2"](input_ids=self._tokens(self.tokenizers[-1], texts))
-            return torch.cat([first["hidden_states"], second["hidden_states"]], dim=-1), second["text_embeds"]
+            return torch.cat([first[self.penultimate[0]], second[self.penultimate[1]]], dim=-1), second["text_embeds"]
 
         embeds, pooled = run(prompts)
         if not cfg:

@@ -168,7 +168,7 @@ def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | Non
     runners: dict[str, Runner] = {"unet": TorchRunner(UNetForExport(unet, sdxl, alpha), *io["unet"], device=device)}
     for name in ("text_encoder", "text_encoder_2"):
         if name in specs:
-            module = TextEncoderForExport(networks[name], penultimate=sdxl, projected=(name == "text_encoder_2"))
+            module = TextEncoderForExport(networks[name], all_hidden_states=sdxl, projected=(name == "text_encoder_2"))
             runners[name] = TorchRunner(module, *io[name], device=device)
     if "vae_decoder" in specs:
         runners["vae_decoder"] = TorchRunner(VaeDecoderForExport(components.vae), *io["vae_decoder"], device=device)

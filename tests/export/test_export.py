@@ -83,9 +83,14 @@ def test_text_encoder_and_vae_decoder_match_pytorch(exports):
         out = parts.text_encoder_2(ids, output_hidden_states=True)
         latents = torch.randn(2, 4, 25, 41, generator=torch.Generator().manual_seed(1))
         image = parts.vae.decode(latents).sample
-    hidden, pooled = session(exports["sdxl_dynamic"], "text_encoder_2").run(None, {"input_ids": ids.numpy()})
-    np.testing.assert_allclose(hidden, out.hidden_states[-2].numpy(), atol=1e-4)
-    np.testing.assert_allclose(pooled, out.text_embeds.numpy(), atol=1e-4)
+    encoder = session(exports["sdxl_dynamic"], "text_encoder_2")
+    names = [o.name for o in encoder.get_outputs()]
+    layers = parts.text_encoder_2.config.num_hidden_layers
+    assert names == ["text_embeds", "last_hidden_state", *(f"hidden_states.{i}" for i in range(layers + 1))]  # optimum's
+    assert encoder.get_inputs()[0].type == "tensor(int32)"
+    outputs = dict(zip(names, encoder.run(None, {"input_ids": ids.numpy().astype(np.int32)})))
+    np.testing.assert_allclose(outputs[f"hidden_states.{layers - 1}"], out.hidden_states[-2].numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs["text_embeds"], out.text_embeds.numpy(), atol=1e-4)
     decoded = session(exports["sdxl_dynamic"], "vae_decoder").run(None, {"latent_sample": latents.numpy()})[0]
     assert decoded.shape == (2, 3, 200, 328)
     np.testing.assert_allclose(decoded, image.numpy(), atol=1e-4)
@@ -169,7 +174,7 @@ def test_export_refuses_non_empty_and_unwritable_output(tmp_path, capsys):
 
 def test_read_manifest_refuses_other_versions(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "resadapter-rt/export", "format_version": 99}))
-    with pytest.raises(ResAdapterRTError, match=r"export format 'resadapter-rt/export' v99 is not resadapter-rt/export v1; re-export"):
+    with pytest.raises(ResAdapterRTError, match=r"export format 'resadapter-rt/export' v99 is not resadapter-rt/export v2; re-export"):
         read_manifest(tmp_path)
 
 

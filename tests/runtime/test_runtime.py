@@ -164,7 +164,7 @@ def test_generate_bad_artifacts(artifacts, tmp_path, capsys):
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps(manifest | {"format_version": 0}))
     assert main(base + ["--artifacts", str(old)]) == 2
-    assert "export format 'resadapter-rt/export' v0 is not resadapter-rt/export v1; re-export it" in capsys.readouterr().err
+    assert "export format 'resadapter-rt/export' v0 is not resadapter-rt/export v2; re-export it" in capsys.readouterr().err
 
 
 def test_demo_main_job_exports_once_and_writes_images(tmp_path, capsys):

@@ -14,9 +14,10 @@ Two paths:
   normalises, applies the affine and SiLU, one tile per program, fully parallel. Chunks are sized
   so ``stats`` has about ``PROGRAMS_PER_SM`` programs per SM; ``apply`` has one per tile.
 
-``plan_group_norm`` picks the path with the lower modelled time (``estimate_us``): bytes moved
-over HBM bandwidth, scaled down when too few warps are resident to saturate it, plus a fixed
-cost per launch. Small tensors are launch-bound, so they keep the single launch.
+``plan_group_norm`` takes the split path where it fills the GPU (at least ``MIN_PROGRAMS_PER_SM``
+programs per SM in its stats and apply launches) and its modelled time (``estimate_us``: bytes
+moved over HBM bandwidth, scaled down when too few warps are resident to saturate it, plus a fixed
+cost per launch) is lower. Small tensors are launch-bound, so they keep the single launch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ H100_SMS = 132
 H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3
 NUM_WARPS = 4  # every kernel is compiled with Triton's default of 4 warps
 WARPS_TO_SATURATE = 16  # resident warps per SM assumed to reach full bandwidth: 4 programs x 4 warps
-PROGRAMS_PER_SM = 8  # stats-launch target, twice the 4 per SM that saturation needs
+MIN_PROGRAMS_PER_SM = 4  # the split path is used only where its stats and apply launches reach this
+PROGRAMS_PER_SM = 8  # stats-launch target: twice the minimum, while keeping few partials
 LAUNCH_US = 2.0  # assumed cost of one more kernel boundary on a stream (launch + ramp-up + drain)
 STATS_BYTES = 4  # partial mean and M2, final mean and rstd: fp32 each
 SINGLE_BLOCK = 1024  # elements per loop step of the single-launch kernel
@@ -43,8 +45,9 @@ class Tile:
     block_c: int
 
 
-# NCHW: 256 contiguous H*W positions of 8 channels; channels-last: 64 positions x 32 contiguous channels.
-TILES = {False: Tile(256, 8), True: Tile(64, 32)}
+# 1024 elements (8 per thread of 4 warps): NCHW 128 contiguous H*W positions x 8 channels;
+# channels-last 64 positions x 16 contiguous channels (one 32-byte sector per row in fp16).
+TILES = {False: Tile(128, 8), True: Tile(64, 16)}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Launch:
     programs: int
     bytes_read: int
     bytes_written: int
+    warps: int = NUM_WARPS  # per program
 
     @property
     def bytes_moved(self) -> int:
@@ -80,14 +84,17 @@ class LaunchPlan:
         return sum(launch.bytes_moved for launch in self.launches)
 
 
-def fill(programs: int, sms: int) -> float:
-    """Fraction of peak bandwidth a launch reaches: resident warps / warps needed, at most 1."""
-    return min(1.0, programs * NUM_WARPS / (sms * WARPS_TO_SATURATE))
+def fill(launch: Launch, sms: int) -> float:
+    """Fraction of peak bandwidth a launch reaches: its warps / the warps that saturate ``sms`` SMs, at most 1.
+
+    Optimistic for programs that loop over their data (one tile in flight each): a lower bound on time.
+    """
+    return min(1.0, launch.programs * launch.warps / (sms * WARPS_TO_SATURATE))
 
 
 def estimate_us(launches: tuple[Launch, ...], bandwidth: float = H100_BANDWIDTH, sms: int = H100_SMS) -> float:
     """Modelled time: each launch's bytes at its fill of ``bandwidth``, plus ``LAUNCH_US`` per launch."""
-    return sum(l.bytes_moved / (bandwidth * fill(l.programs, sms)) * 1e6 + LAUNCH_US for l in launches)
+    return sum(l.bytes_moved / (bandwidth * fill(l, sms)) * 1e6 + LAUNCH_US for l in launches if l.programs)
 
 
 def single_plan(n: int, c: int, hw: int, num_groups: int, element_size: int) -> LaunchPlan:
@@ -118,10 +125,11 @@ def split_plan(n: int, c: int, hw: int, num_groups: int, element_size: int, chan
 
 
 def plan_group_norm(shape: tuple[int, ...], num_groups: int, element_size: int, channels_last: bool = False,
-                    sms: int = H100_SMS, path: str | None = None) -> LaunchPlan:
+                    sms: int = H100_SMS, path: str | None = None, bandwidth: float = H100_BANDWIDTH) -> LaunchPlan:
     """The launch plan for an ``[N, C, *spatial]`` input; ``path`` forces "single" or "split".
 
-    By default the path with the lower ``estimate_us`` (H100 bandwidth, ``sms`` SMs) is taken.
+    By default: split if it fills the GPU (``fills``) and has the lower ``estimate_us`` (``bandwidth``,
+    ``sms`` SMs), else single.
     """
     if path not in (None, "single", "split"):
         raise ValueError(f"path must be None, 'single' or 'split', not {path!r}")
@@ -131,4 +139,10 @@ def plan_group_norm(shape: tuple[int, ...], num_groups: int, element_size: int, 
     split = split_plan(n, c, hw, num_groups, element_size, channels_last, sms)
     if path is not None:
         return single if path == "single" else split
-    return min((single, split), key=lambda p: estimate_us(p.launches, sms=sms))
+    faster = estimate_us(split.launches, bandwidth, sms) < estimate_us(single.launches, bandwidth, sms)
+    return split if faster and fills(split, sms) else single
+
+
+def fills(plan: LaunchPlan, sms: int = H100_SMS) -> bool:
+    """Whether every launch that streams the tensor has at least ``MIN_PROGRAMS_PER_SM`` programs per SM."""
+    return all(l.programs >= MIN_PROGRAMS_PER_SM * sms for l in plan.launches if l.kernel != "finalize")

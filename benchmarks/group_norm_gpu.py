@@ -31,6 +31,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def time_ms(fn, repeats: int) -> list[float]:
+    """CUDA-event times of ``repeats`` calls, one synchronised call each."""
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -54,6 +55,7 @@ def roofline_shapes(pixels: list[int]) -> list[dict]:
 
 
 def measure(case: dict, dtype: torch.dtype, channels_last: bool, repeats: int, sms: int) -> dict:
+    """Errors vs float64 and interleaved timings of old / new / torch for one shape and layout."""
     shape, groups, silu = case["shape"], case["groups"], case["silu"]
     g = torch.Generator(device="cuda").manual_seed(0)
     x = (100 + torch.randn(shape, device="cuda", generator=g)).to(dtype)  # mean offset, as in the tests

@@ -37,8 +37,8 @@ ASSUMPTIONS = {
                  "writes (mean, rstd) per group; apply reads x + stats + affine and writes y: 2*E*s read, E*s written",
     "torch": "row moments read x (N*G blocks of 512 threads), scale/shift per (n, c) in fp32, apply reads x writes y, "
              "SiLU reads y writes y: 3*E*s read + 2*E*s written with SiLU, 2*E*s + E*s without; channels-last input "
-             "is modelled as first copied to NCHW (+2*E*s, one more launch), since the row-moments kernel reads each "
-             "(n, g) row contiguously",
+             "is first copied to NCHW (+2*E*s, one more launch: native_group_norm uses X.contiguous() on CUDA, "
+             "aten/src/ATen/native/group_norm.cpp) and the output is NCHW (a copy back is not counted)",
     "fill": f"fraction of bandwidth = min(1, programs * warps / ({lp.WARPS_TO_SATURATE} * SMs)); optimistic for "
             "kernels that loop over their data, so modelled old/torch times are lower bounds",
     "launch_us": lp.LAUNCH_US,
@@ -68,6 +68,7 @@ def torch_launches(n: int, c: int, hw: int, groups: int, s: int, silu: bool, cha
 
 
 def describe(launches: tuple[lp.Launch, ...], sms: int, bandwidth: float) -> dict:
+    """Bytes, modelled time and per-launch programs (per SM) of one implementation on one device."""
     return {"bytes": sum(l.bytes_moved for l in launches), "us": round(lp.estimate_us(launches, bandwidth, sms), 3),
             "launches": [{"kernel": l.kernel, "programs": l.programs, "programs_per_sm": round(l.programs / sms, 2),
                           "warps": l.warps, "bytes_read": l.bytes_read, "bytes_written": l.bytes_written}
@@ -75,6 +76,7 @@ def describe(launches: tuple[lp.Launch, ...], sms: int, bandwidth: float) -> dic
 
 
 def model_row(norm: NormShape, pixels: int, dtype: str, channels_last: bool) -> dict:
+    """old / new / torch on every device for one GroupNorm shape."""
     n, c, h, w = norm.shape
     s = DTYPES[dtype]
     row = {"model": norm.model, "pixels": pixels, "shape": list(norm.shape), "groups": norm.groups, "silu": norm.silu,
@@ -111,6 +113,7 @@ def totals(rows: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], summary: list[dict]) -> str:
+    """The summary table (per model and size) and the per-shape table (fp16 NCHW, H100)."""
     lines = ["# GroupNorm(+SiLU) roofline model (`python benchmarks/group_norm_roofline.py`)", "",
              "Modelled, not measured: DRAM bytes / (HBM bandwidth x fill) + "
              f"{lp.LAUNCH_US} us per launch; fill = min(1, resident warps / {lp.WARPS_TO_SATURATE} per SM). "

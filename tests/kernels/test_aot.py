@@ -22,8 +22,9 @@ COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks/results/group_norm
 
 
 @pytest.fixture(scope="module")
-def compiled() -> dict:
+def compiled(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton-cache"))  # leave the user's cache alone
     run = subprocess.run([sys.executable, "-m", "resadapter_rt.kernels.aot"], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

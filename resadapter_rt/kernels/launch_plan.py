@@ -39,7 +39,7 @@ FINALIZE_BLOCK = 256  # partials per loop step of the finalize kernel
 
 @dataclass(frozen=True)
 class Tile:
-    """A [block_hw, block_c] tile: H*W positions x channels; the memory-contiguous side is the long one."""
+    """A [block_hw, block_c] tile of H*W positions x channels (stride 1: H*W in NCHW, channels in channels-last)."""
 
     block_hw: int
     block_c: int

@@ -1,9 +1,11 @@
-"""GroupNorm with optional fused SiLU: a Triton kernel on CUDA (and under ``TRITON_INTERPRET=1``).
+"""GroupNorm with optional fused SiLU: Triton kernels on CUDA (and under ``TRITON_INTERPRET=1``).
 
-One program normalises one (sample, group). Statistics are fp32 and computed in a single pass
-with Chan's parallel update of (count, mean, M2) per block, so large means (values around 300)
-do not cancel as E[x^2] - mean^2 would. A second pass applies the affine and the activation and
-stores in the input dtype. NCHW and channels-last inputs are both read in their own order.
+``launch_plan.plan_group_norm`` chooses per input between one launch with one program per
+(sample, group) (small, launch-bound tensors) and a split path that fills the GPU: partial
+statistics over many chunks, a per-group merge, then a fully parallel normalise + affine + SiLU.
+Statistics are fp32 and merged with Chan's parallel (count, mean, M2) formula, so large means
+(values around 300) do not cancel as E[x^2] - mean^2 would. Outputs are stored in the input dtype
+and layout; NCHW and channels-last inputs are both read in their own order.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ResAdapterRTError
+from .launch_plan import H100_SMS, plan_group_norm
 
 ACTIVATIONS = (None, "silu")
 
@@ -42,14 +45,22 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bi
         raise ResAdapterRTError(f"activation {activation!r} is not supported; use None or 'silu'")
     if x.dim() < 2 or x.shape[1] % num_groups:
         raise ResAdapterRTError(f"group_norm: {x.shape[1] if x.dim() > 1 else '?'} channels are not divisible into {num_groups} groups")
-    use_triton = triton_available() and (x.is_cuda or _interpreting())
+    use_triton = triton_available() and (x.is_cuda or _interpreting()) and x.numel() > 0
     if not use_triton:
         out = F.group_norm(x, num_groups, weight, bias, eps)
         return F.silu(out) if activation == "silu" else out
     return _triton_group_norm(x, num_groups, weight, bias, eps, activation == "silu")
 
 
-def _triton_group_norm(x, num_groups, weight, bias, eps, silu):
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device; the H100's count when interpreting on the CPU."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else H100_SMS
+
+
+def _triton_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                       eps: float, silu: bool, path: str | None = None) -> torch.Tensor:
+    """Run the Triton kernels; ``path`` forces the "single" or "split" plan (default: the cost model's)."""
     from ._triton_group_norm import launch
 
     n, c = x.shape[:2]
@@ -60,5 +71,6 @@ def _triton_group_norm(x, num_groups, weight, bias, eps, silu):
     out = torch.empty_like(x4, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ones = weight if weight is not None else torch.ones(c, device=x.device, dtype=torch.float32)
     zeros = bias if bias is not None else torch.zeros(c, device=x.device, dtype=torch.float32)
-    launch(x4, out, ones, zeros, num_groups, eps, silu, channels_last)
+    plan = plan_group_norm(tuple(x4.shape), num_groups, x4.element_size(), channels_last, _sm_count(x4.device), path)
+    launch(x4, out, ones, zeros, num_groups, eps, silu, channels_last, plan)
     return out.reshape(x.shape) if x.dim() != 4 else out

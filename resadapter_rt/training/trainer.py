@@ -111,7 +111,9 @@ def _resolve(options: TrainOptions, checkpoint: dict[str, Any] | None) -> TrainO
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and out.is_dir() and any(out.iterdir()):
+    """A new run directory: absent or empty (``check_output_dir`` also refuses the current directory)."""
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if out.is_dir() and any(out.iterdir()) and resolved != cwd and resolved not in cwd.parents:
         raise ResAdapterRTError(f"{out}: directory is not empty; training writes a new run directory: choose a new --out "
                                 "(to continue a run, pass --resume OUT/checkpoints/checkpoint-N with a new --out)")
     check_output_dir(out)

@@ -10,7 +10,7 @@ COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220), "green": (40, 180, 60), 
 
 
 def make_dataset(directory: Path, count: int = 12, captions: str = "metadata") -> Path:
-    """``count`` PNGs cycling through SIZES; captions in metadata.jsonl or in .txt files beside the images."""
+    """``count`` PNGs cycling through SIZES; ``captions``: "metadata" (metadata.jsonl), "txt" (beside each image) or "none"."""
     from PIL import Image, ImageDraw
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -31,7 +31,7 @@ def make_dataset(directory: Path, count: int = 12, captions: str = "metadata") -
         text = f"a {colour} {shape}"
         if captions == "metadata":
             lines.append(json.dumps({"file_name": name, "text": text}))
-        else:
+        elif captions == "txt":
             (directory / name).with_suffix(".txt").write_text(text)
     if lines:
         (directory / "metadata.jsonl").write_text("\n".join(lines) + "\n")

@@ -146,7 +146,7 @@ class _Conditioner:
 class _Run:
     """One training run's models, optimizer and random state."""
 
-    def __init__(self, options: TrainOptions, components: Any, samples: list[Sample]) -> None:
+    def __init__(self, options: TrainOptions, components: Any, samples: list[Sample], fingerprints: dict[str, str]) -> None:
         from diffusers import DDPMScheduler
 
         self.options, self.components, self.samples = options, components, samples
@@ -161,10 +161,13 @@ class _Run:
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
         self.generator = torch.Generator().manual_seed(options.seed)
         self.conditioner = _Conditioner(components.to_diffusers(), sdxl=components.family.name == "sdxl")
+        self.fingerprints = fingerprints  # {"data_fingerprint": ..., "model_fingerprint": ...}
+        # Where the run stands: optimisation steps done, epoch, next batch index in it, log so far.
+        self.done, self.epoch, self.position, self.history = 0, 0, 0, []
 
-    def state(self, step: int, epoch: int, position: int, history: list[dict[str, Any]], data: str, model: str) -> dict:
-        return {"step": step, "epoch": epoch, "position": position, "options": self.options.trajectory(),
-                "data_fingerprint": data, "model_fingerprint": model, "history": history,
+    def state(self) -> dict[str, Any]:
+        return {"step": self.done, "epoch": self.epoch, "position": self.position, "options": self.options.trajectory(),
+                **self.fingerprints, "history": self.history,
                 "trainable": {name: p.detach().clone() for name, p in self.trainable},
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
 
@@ -179,6 +182,7 @@ class _Run:
                 parameter.copy_(saved[name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        self.done, self.epoch, self.position, self.history = state["step"], state["epoch"], state["position"], state["history"]
 
     def step(self, indices: list[int]) -> float:
         """One optimisation step on one same-shape batch; returns the loss."""
@@ -232,6 +236,36 @@ class _Run:
             self.unet.train()
         return names
 
+    def _record(self, out: Path, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        append_log(out, [record])
+
+    def run_until(self, total: int, out: Path, bar: Any) -> None:
+        """Train up to step ``total``: checkpoints every K steps and at the end, validation after each epoch."""
+        options = self.options
+        while self.done < total:
+            batches = epoch_batches(self.samples, options.batch_size, options.seed, self.epoch)
+            while self.position < len(batches) and self.done < total:
+                indices = batches[self.position]
+                began = time.perf_counter()
+                loss = self.step(indices)
+                self.done, self.position = self.done + 1, self.position + 1
+                width, height = self.samples[indices[0]].bucket
+                self._record(out, {"event": "step", "step": self.done, "epoch": self.epoch, "loss": loss,
+                                   "lr": options.learning_rate, "width": width, "height": height, "batch": len(indices),
+                                   "seconds": round(time.perf_counter() - began, 4)})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", size=f"{width}x{height}")
+                    bar.update(1)
+                if options.checkpointing_steps and (self.done % options.checkpointing_steps == 0 or self.done == total):
+                    save_checkpoint(checkpoint_dir(out, self.done), self.state(),
+                                    lambda tmp: write_adapter(self.unet, tmp, options.format, options.rank))
+            if options.validation_prompt and (self.position == len(batches) or self.done == total):
+                self._record(out, {"event": "validation", "step": self.done, "epoch": self.epoch,
+                                   "images": self.validate(out, self.epoch)})
+            if self.position == len(batches):
+                self.epoch, self.position = self.epoch + 1, 0
+
 
 def _write_final_adapter(unet: torch.nn.Module, out: Path, fmt: str, rank: int) -> None:
     """Adapter files into ``out`` through a staging directory: norms renamed first, then the LoRA."""
@@ -243,88 +277,64 @@ def _write_final_adapter(unet: torch.nn.Module, out: Path, fmt: str, rank: int) 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def prepare(options: TrainOptions) -> tuple[TrainOptions, list[Sample], dict[str, Any] | None]:
-    """Check everything that can be checked before any file is written; returns resolved options and data."""
+def prepare(options: TrainOptions) -> tuple[TrainOptions, list[Sample], dict[str, Any] | None, str]:
+    """Check everything that can be checked before any file is written.
+
+    Returns the resolved options, the samples, the checkpoint state (or None) and the data fingerprint.
+    """
     _check_numbers(options)
     checkpoint = read_checkpoint(options.resume) if options.resume is not None else None
     options = _resolve(options, checkpoint)
     samples = scan_dataset(options.data, options.rules().check())
     _check_out(Path(options.out))
-    if checkpoint and checkpoint["data_fingerprint"] != fingerprint(samples):
+    data_id = fingerprint(samples)
+    if checkpoint and checkpoint["data_fingerprint"] != data_id:
         raise ResAdapterRTError(f"--resume: {options.data} is not the data the checkpoint was trained on (files, captions "
                                 "or sizes changed); resume with the original data")
-    return options, samples, checkpoint
+    return options, samples, checkpoint, data_id
 
 
 def train(options: TrainOptions, progress: bool = True, notify: Callable[[str], None] = print) -> TrainResult:
     """Train a ResAdapter; writes the run directory ``options.out`` (see the package docstring)."""
     from ..models.components import load_components
 
-    options, samples, checkpoint = prepare(options)
+    options, samples, checkpoint, data_id = prepare(options)
     components = load_components(options.model, config=options.config)
     model_id = _model_fingerprint(components.unet)
     if checkpoint and checkpoint["model_fingerprint"] != model_id:
         raise ResAdapterRTError(f"--resume: {options.model} is not the model the checkpoint was trained from; "
                                 "resume with the original --model")
-    data_id = fingerprint(samples)
+    fingerprints = {"data_fingerprint": data_id, "model_fingerprint": model_id}
     per_epoch = len(epoch_batches(samples, options.batch_size, options.seed, 0))
     total = options.steps if options.steps is not None else (options.epochs or 1) * per_epoch
-    step, epoch, position, history = 0, 0, 0, []
-    if checkpoint:
-        step, epoch, position, history = checkpoint["step"], checkpoint["epoch"], checkpoint["position"], checkpoint["history"]
-        if step >= total:
-            raise ResAdapterRTError(f"--resume: the checkpoint is at step {step} and this run stops at step {total}; "
-                                    "pass a larger --steps or --epochs to train further")
+    if checkpoint and checkpoint["step"] >= total:
+        raise ResAdapterRTError(f"--resume: the checkpoint is at step {checkpoint['step']} and this run stops at step {total}; "
+                                "pass a larger --steps or --epochs to train further")
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock", str(out)):
         _check_out(out)
         out.mkdir(exist_ok=True)
         (out / ARTIFACT_MARKER).write_text('{"created_by": "resadapter-rt train"}\n')
-        run = _Run(options, components, samples)
+        run = _Run(options, components, samples, fingerprints)
         if checkpoint:
             run.restore(checkpoint)
-        append_log(out, history)
+        append_log(out, run.history)
         start = time.perf_counter()
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, initial=step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+            bar = tqdm(total=total, initial=run.done, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
         try:
-            while step < total:
-                batches = epoch_batches(samples, options.batch_size, options.seed, epoch)
-                while position < len(batches) and step < total:
-                    began = time.perf_counter()
-                    loss = run.step(batches[position])
-                    step, position = step + 1, position + 1
-                    width, height = samples[batches[position - 1][0]].bucket
-                    record = {"event": "step", "step": step, "epoch": epoch, "loss": loss, "lr": options.learning_rate,
-                              "width": width, "height": height, "batch": len(batches[position - 1]),
-                              "seconds": round(time.perf_counter() - began, 4)}
-                    history.append(record)
-                    append_log(out, [record])
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.4f}", size=f"{width}x{height}")
-                        bar.update(1)
-                    if options.checkpointing_steps and (step % options.checkpointing_steps == 0 or step == total):
-                        save_checkpoint(checkpoint_dir(out, step),
-                                        run.state(step, epoch, position, history, data_id, model_id),
-                                        lambda tmp: write_adapter(run.unet, tmp, options.format, options.rank))
-                if options.validation_prompt and (position == len(batches) or step == total):
-                    images = run.validate(out, epoch)
-                    record = {"event": "validation", "step": step, "epoch": epoch, "images": images}
-                    history.append(record)
-                    append_log(out, [record])
-                if position == len(batches):
-                    epoch, position = epoch + 1, 0
+            run.run_until(total, out, bar)
         finally:
             if bar is not None:
                 bar.close()
         _write_final_adapter(run.unet, out, options.format, options.rank)
-        if not plot_loss(history, out / CURVE_FILE):
+        if not plot_loss(run.history, out / CURVE_FILE):
             notify("note: matplotlib is not installed, so no loss curve was drawn (pip install matplotlib); "
                    f"the losses are in {out / 'train_log.jsonl'}")
         apply_umask(out)
-    return TrainResult(out=out, steps=step, history=history, seconds=time.perf_counter() - start)
+    return TrainResult(out=out, steps=run.done, history=run.history, seconds=time.perf_counter() - start)
 

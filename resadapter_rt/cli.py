@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-side", type=int, help="larger images are scaled down to this longer side (default 1024)")
     train.add_argument("--seed", type=int, help="seed of data order, flips, noise and timesteps (default 0)")
     train.add_argument("--checkpointing-steps", type=int, default=500, help="resumable checkpoint every K steps and at the end (0: none; default 500)")
-    train.add_argument("--resume", metavar="CHECKPOINT", help="continue from OUT/checkpoints/checkpoint-N of an earlier run")
+    train.add_argument("--resume", metavar="CHECKPOINT", help="continue OUT/checkpoints/checkpoint-N of an earlier run into a new --out "
+                       "(its rank, batch size, learning rate, size rules and seed are reused)")
     train.add_argument("--validation-prompt", help="render this prompt after each epoch into OUT/validation/")
     train.add_argument("--validation-sizes", metavar="WxH,...", help="validation sizes (default 512x512)")
     train.add_argument("--validation-steps", type=int, default=20, help="inference steps per validation image (default 20)")

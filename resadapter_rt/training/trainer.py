@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ResAdapterRTError
 from ..files import ARTIFACT_MARKER, apply_umask, check_output_dir, exclusive_lock
+from ..models.families import SDXL
 from .checkpoint import checkpoint_dir, read_checkpoint, save_checkpoint
 from .data import Sample, SizeRules, epoch_batches, fingerprint, load_pixels, scan_dataset
 from .report import CURVE_FILE, VALIDATION_DIR, append_log, plot_loss, save_image
@@ -160,7 +161,7 @@ class _Run:
                                            weight_decay=WEIGHT_DECAY, eps=1e-8)
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
         self.generator = torch.Generator().manual_seed(options.seed)
-        self.conditioner = _Conditioner(components.to_diffusers(), sdxl=components.family.name == "sdxl")
+        self.conditioner = _Conditioner(components.to_diffusers(), sdxl=components.family is SDXL)
         self.fingerprints = fingerprints  # {"data_fingerprint": ..., "model_fingerprint": ...}
         # Where the run stands: optimisation steps done, epoch, next batch index in it, log so far.
         self.done, self.epoch, self.position, self.history = 0, 0, 0, []
@@ -300,6 +301,12 @@ def train(options: TrainOptions, progress: bool = True, notify: Callable[[str], 
 
     options, samples, checkpoint, data_id = prepare(options)
     components = load_components(options.model, config=options.config)
+    needed = ["vae", "text_encoder", "tokenizer", "scheduler"]
+    needed += ["text_encoder_2", "tokenizer_2"] if components.family is SDXL else []
+    missing = [name for name in needed if getattr(components, name) is None]
+    if missing:
+        raise ResAdapterRTError(f"{options.model}: training needs a whole pipeline, but this model has no {', '.join(missing)}; "
+                                "pass the diffusers pipeline directory (or hub id) the UNet belongs to")
     model_id = _model_fingerprint(components.unet)
     if checkpoint and checkpoint["model_fingerprint"] != model_id:
         raise ResAdapterRTError(f"--resume: {options.model} is not the model the checkpoint was trained from; "

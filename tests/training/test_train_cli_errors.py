@@ -9,6 +9,8 @@ import pytest
 
 from cli_harness import assert_one_line_error, run_cli, tree_snapshot
 from resadapter_rt.cli import main
+from resadapter_rt.models.families import SD15
+from resadapter_rt.models.tiny import tiny_pipeline_dir
 from toy_data import make_dataset
 
 BASE = ["train", "--model", "tiny-sd15", "--data", "data", "--out", "o", "--min-side", "64", "--steps", "2", "-q"]
@@ -93,6 +95,8 @@ CASES = [
      "o: exists and is not a directory"),
     ("out-cwd", data(), [*BASE[:-5], "--out", ".", "--min-side", "64", "-q"], ".: is the current directory"),
     ("no-model", data(), [*BASE, "--model", "nowhere"], "nowhere: no such file or directory"),
+    ("unet-only-model", data_then(lambda d: shutil.copytree(tiny_pipeline_dir(SD15) / "unet", d.parent / "unet")),
+     [*BASE, "--model", "unet"], "unet: training needs a whole pipeline, but this model has no vae, text_encoder, tokenizer"),
     ("resume-not-checkpoint", data(), [*BASE, "--resume", "data"], "--resume data: no training_state.pt here"),
     ("resume-garbage", lambda r, c: (make_dataset(r / "data", count=2), (r / "data" / "training_state.pt").write_text("x")),
      [*BASE, "--resume", "data"], "training_state.pt: not a readable training state"),

@@ -201,13 +201,10 @@ class _Run:
         noise = torch.randn(latents.shape, generator=g)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(batch),), generator=g)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction_type = self.noise_scheduler.config.prediction_type
-        if prediction_type == "epsilon":
+        if self.noise_scheduler.config.prediction_type == "epsilon":
             target = noise
-        elif prediction_type == "v_prediction":
+        else:  # v_prediction (train() refuses any other)
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            raise ResAdapterRTError(f"the model's scheduler predicts {prediction_type!r}; training supports epsilon and v_prediction")
         prediction = self.unet(noisy, timesteps, **condition).sample
         loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
         self.optimizer.zero_grad(set_to_none=True)
@@ -307,6 +304,10 @@ def train(options: TrainOptions, progress: bool = True, notify: Callable[[str], 
     if missing:
         raise ResAdapterRTError(f"{options.model}: training needs a whole pipeline, but this model has no {', '.join(missing)}; "
                                 "pass the diffusers pipeline directory (or hub id) the UNet belongs to")
+    prediction_type = components.scheduler.config.get("prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ResAdapterRTError(f"{options.model}: its scheduler predicts {prediction_type!r}; training supports epsilon "
+                                "and v_prediction models")
     model_id = _model_fingerprint(components.unet)
     if checkpoint and checkpoint["model_fingerprint"] != model_id:
         raise ResAdapterRTError(f"--resume: {options.model} is not the model the checkpoint was trained from; "

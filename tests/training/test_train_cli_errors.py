@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def tiny_image(directory: Path) -> None:
     (directory / "small.txt").write_text("small")
 
 
+def sample_predicting_model(model: Path) -> None:
+    shutil.copytree(tiny_pipeline_dir(SD15), model)
+    config = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    (model / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "sample"}))
+
+
 def user_dir(root: Path, ckpt: Path) -> None:
     make_dataset(root / "data", count=2)
     (root / "o").mkdir()
@@ -97,6 +104,8 @@ CASES = [
     ("no-model", data(), [*BASE, "--model", "nowhere"], "nowhere: no such file or directory"),
     ("unet-only-model", data_then(lambda d: shutil.copytree(tiny_pipeline_dir(SD15) / "unet", d.parent / "unet")),
      [*BASE, "--model", "unet"], "unet: training needs a whole pipeline, but this model has no vae, text_encoder, tokenizer"),
+    ("sample-prediction", data_then(lambda d: sample_predicting_model(d.parent / "model")), [*BASE, "--model", "model"],
+     "model: its scheduler predicts 'sample'; training supports epsilon and v_prediction models"),
     ("resume-not-checkpoint", data(), [*BASE, "--resume", "data"], "--resume data: no training_state.pt here"),
     ("resume-garbage", lambda r, c: (make_dataset(r / "data", count=2), (r / "data" / "training_state.pt").write_text("x")),
      [*BASE, "--resume", "data"], "training_state.pt: not a readable training state"),

@@ -28,7 +28,7 @@ from ..files import ARTIFACT_MARKER, apply_umask, check_output_dir, exclusive_lo
 from ..models.families import SDXL
 from .checkpoint import checkpoint_dir, read_checkpoint, save_checkpoint
 from .data import Sample, SizeRules, epoch_batches, fingerprint, load_pixels, scan_dataset
-from .report import CURVE_FILE, VALIDATION_DIR, append_log, plot_loss, save_image
+from .report import CURVE_FILE, LOG_FILE, VALIDATION_DIR, append_log, plot_loss, save_image
 from .trainable import FORMATS, add_trainable_adapter, write_adapter
 
 # Options that shape the trajectory: a resume takes them from the checkpoint and refuses different ones.
@@ -342,7 +342,7 @@ def train(options: TrainOptions, progress: bool = True, notify: Callable[[str], 
         _write_final_adapter(run.unet, out, options.format, options.rank)
         if not plot_loss(run.history, out / CURVE_FILE):
             notify("note: matplotlib is not installed, so no loss curve was drawn (pip install matplotlib); "
-                   f"the losses are in {out / 'train_log.jsonl'}")
+                   f"the losses are in {out / LOG_FILE}")
         apply_umask(out)
     return TrainResult(out=out, steps=run.done, history=run.history, seconds=time.perf_counter() - start)
 

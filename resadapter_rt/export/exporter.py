@@ -263,8 +263,10 @@ def read_manifest(directory: Path) -> dict:
         raise ResAdapterRTError(f"{directory}: no manifest.json; not an export directory (create one with `resadapter-rt export`)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ResAdapterRTError(f"{path}: not valid JSON; re-run `resadapter-rt export`") from None
+    if not isinstance(manifest, dict):
+        raise ResAdapterRTError(f"{path}: not a JSON object; re-run `resadapter-rt export`")
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") != MANIFEST_VERSION:
         raise ResAdapterRTError(
             f"{directory}: export format {manifest.get('format')!r} v{manifest.get('format_version')} is not "

@@ -14,9 +14,11 @@ from ..export.exporter import ExportOptions, export_pipeline, read_manifest
 from ..files import sha256_file
 from .manifest import ENGINE_FORMAT, manifest_format
 
-BUILD_OUTPUTS = {"onnx", "engines", "manifest.json", "build_request.json", ".build.lock", "timing.cache"}
+# ".resadapter-rt": the marker file the lead's branch writes into every directory the tool creates.
+MARKER = ".resadapter-rt"
+BUILD_OUTPUTS = {"onnx", "engines", "manifest.json", "build_request.json", ".build.lock", "timing.cache", MARKER}
 BUILD_TEMPORARIES = (".onnx.", ".manifest.json.", ".build_request.json.")  # atomic writes in progress or killed
-EXPORT_OUTPUTS = {"manifest.json", "tokenizer", "tokenizer_2", "scheduler"}
+EXPORT_OUTPUTS = {"manifest.json", "tokenizer", "tokenizer_2", "scheduler", MARKER}
 COMPONENT_FILES = {"model.onnx", "model.onnx.data"}
 
 

@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 
+from engine_fixtures import fresh_engine_dir, shared_sdxl_export
 from resadapter_rt import ResAdapterRTError
 from resadapter_rt.engines import runtimes
 from resadapter_rt.engines.build import BuildOptions, BuildTarget, build_engines, cache_key, export_dims, run_worker, worker_job
@@ -31,16 +32,8 @@ COMPONENTS = ["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("engine_dir")
-    export_pipeline(ExportOptions(model="tiny-sdxl", resadapter="tiny-sdxl", alpha="dynamic", target="tensorrt",
-                                  validation_sizes=((384, 264, 1),)), root / "onnx", progress=lambda m: None)
-    return root
-
-
-def fresh_engine_dir(export_dir, tmp_path):
-    shutil.copytree(export_dir / "onnx", tmp_path / "onnx")
-    return tmp_path
+def export_dir():
+    return shared_sdxl_export()
 
 
 def test_worker_job_shapes_and_data_center_config(export_dir, tmp_path):

@@ -56,7 +56,7 @@ class BuildOptions:
         if self.runtime == TENSORRT_RTX.name:
             if self.precision is not None:
                 raise ResAdapterRTError("--precision is not available with TensorRT-RTX: its networks are strongly typed and take "
-                                        "the export's dtype; use --dtype fp16 (or fp32) instead, or --runtime tensorrt")
+                                        "the export's dtype; use --dtype fp16 (or fp32) instead, or use --runtime tensorrt")
             if self.refittable:
                 raise ResAdapterRTError("--refittable is not available for TensorRT-RTX builds (refit needs a GPU); drop it: a changed "
                                         "export is rebuilt automatically (engines are keyed by the ONNX hash), or use --runtime tensorrt")

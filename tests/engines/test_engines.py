@@ -291,6 +291,33 @@ def test_export_reuse_follows_the_recorded_source_hashes(tmp_path):
     assert stale_reason(manifest, options) == f"adapter {adapter} changed since the export"
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"runtime": "onnx"}, "unknown runtime 'onnx'; choose one of tensorrt, tensorrt-rtx"),
+    ({"runtime": "tensorrt", "compute_capabilities": ("8.6",)}, "--compute-capability picks TensorRT-RTX targets; data-center "
+     "TensorRT builds for the GPU it runs on: drop it, or use --runtime tensorrt-rtx"),
+    ({"runtime": "tensorrt", "precision": "int4"}, "unknown precision 'int4'; choose one of fp16, bf16, fp32"),
+])
+def test_build_options_refuse_what_the_runtime_cannot_do(kwargs, message):
+    with pytest.raises(ResAdapterRTError) as info:
+        BuildOptions(profiles=PROFILES, **kwargs)
+    assert str(info.value) == message
+
+
+def test_runtime_resolution(monkeypatch):
+    monkeypatch.setattr(runtimes, "importable", lambda family: family is runtimes.TENSORRT_RTX)
+    assert runtimes.resolve_runtime("auto") is runtimes.TENSORRT_RTX
+    monkeypatch.setattr(runtimes, "importable", lambda family: True)
+    assert runtimes.resolve_runtime("auto") is runtimes.TENSORRT  # data-center TensorRT first when both are there
+    monkeypatch.setattr(runtimes, "importable", lambda family: False)
+    with pytest.raises(ResAdapterRTError) as info:
+        runtimes.resolve_runtime("auto")
+    assert str(info.value) == ("neither TensorRT nor TensorRT for RTX is installed here; pip install -e \".[tensorrt-rtx]\" (or pip "
+                               "install tensorrt-rtx-cu13==1.7.1.116) to build engines on any machine (RTX/Ampere/Ada/Blackwell-RTX "
+                               "GPUs), or pip install tensorrt (from NVIDIA's index) on a machine with an NVIDIA GPU")
+    with pytest.raises(ResAdapterRTError, match=r"unknown runtime 'trt'; choose one of auto, tensorrt, tensorrt-rtx"):
+        runtimes.resolve_runtime("trt")
+
+
 def test_tensorrt_rtx_compute_capabilities_match_the_installed_module():
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed")
     installed = sorted(name for name in dir(trt.ComputeCapability) if name.startswith("SM"))

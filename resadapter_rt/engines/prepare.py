@@ -16,8 +16,9 @@ from .manifest import ENGINE_FORMAT, manifest_format
 
 # ".resadapter-rt": the marker file the lead's branch writes into every directory the tool creates.
 MARKER = ".resadapter-rt"
+# build_request.json: written by builds before engine manifest v2 (their directories stay usable)
 BUILD_OUTPUTS = {"onnx", "engines", "manifest.json", "build_request.json", ".build.lock", "timing.cache", MARKER}
-BUILD_TEMPORARIES = (".onnx.", ".manifest.json.", ".build_request.json.")  # atomic writes in progress or killed
+BUILD_TEMPORARIES = (".onnx.", ".manifest.json.")  # atomic writes in progress, or left by a killed build
 EXPORT_OUTPUTS = {"manifest.json", "tokenizer", "tokenizer_2", "scheduler", MARKER}
 COMPONENT_FILES = {"model.onnx", "model.onnx.data"}
 

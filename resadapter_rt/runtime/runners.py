@@ -2,7 +2,8 @@
 
 A runner maps named CPU/GPU torch tensors to named torch tensors. Backends:
 ``torch`` (reference; rebuilt from the export's recorded sources), ``onnxruntime`` (CPU provider,
-CUDA/TensorRT providers when onnxruntime-gpu is installed). ``tensorrt`` arrives with the engines.
+CUDA/TensorRT providers when onnxruntime-gpu is installed), ``tensorrt`` (TensorRT or TensorRT-RTX engines
+from ``resadapter-rt build``).
 """
 
 from __future__ import annotations

@@ -172,8 +172,8 @@ def _default_engine_dir(args: argparse.Namespace) -> Path:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .engines.build import BuildOptions, build_engines
-    from .engines.prepare import check_engine_dir, prepare_export
+    from .engines.build import BuildOptions, build_engines, build_target
+    from .engines.prepare import prepare_export
     from .engines.profiles import ResolutionProfile, preset_for
     from .engines.runtimes import parse_compute_capabilities, resolve_runtime
     from .export.exporter import ExportOptions
@@ -187,8 +187,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     flags = dict(precision=args.precision, optimization_level=args.opt_level, refittable=args.refittable,
                  strongly_typed=args.strongly_typed, compute_capabilities=capabilities, timing_cache=args.timing_cache)
     runtime = resolve_runtime(args.runtime).name
-    BuildOptions(profiles=tuple(profiles) or (ResolutionProfile.parse("128-1024"),), runtime=runtime, **flags)  # before the export
-    check_engine_dir(out)
+    # flags, runtime version and (TensorRT) the GPU are checked before the long export
+    build_target(BuildOptions(profiles=tuple(profiles) or (ResolutionProfile.parse("128-1024"),), runtime=runtime, **flags))
     progress = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     export_dir = out / "onnx"
     manifest = prepare_export(out, options, args.force, progress)

@@ -9,37 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ResAdapterRTError
-from ..export.exporter import read_manifest
 from .manifest import ENGINE_FORMAT, check_engine_files, manifest_format, read_engine_manifest, rebuild_command
+from .prepare import checked_export_manifest
 from .profiles import FAMILY_PIXEL_RANGE, ResolutionProfile, parse_size
-
-EXPORT_KEYS = {"family": str, "alpha_mode": str, "opset": int, "dtype": str, "target": str, "torch_version": str,
-               "sources": dict, "components": dict}
-EXPORT_COMPONENT_KEYS = ("path", "dtype", "inputs", "validation")
-
-
-def checked_export_manifest(directory: Path) -> dict:
-    """The export manifest of ``directory`` with the keys ``inspect`` reads, and its graphs on disk."""
-    manifest = read_manifest(directory)
-    path = directory / "manifest.json"
-    for key, kind in EXPORT_KEYS.items():
-        if not isinstance(manifest.get(key), kind):
-            raise ResAdapterRTError(f"{path}: {key!r} is missing or not a JSON {kind.__name__}; re-export it (`resadapter-rt export ... --force`)")
-    if manifest["family"] not in FAMILY_PIXEL_RANGE:
-        raise ResAdapterRTError(f"{path}: unknown model family {manifest['family']!r}; re-export it")
-    for name, component in manifest["components"].items():
-        missing = [k for k in EXPORT_COMPONENT_KEYS if k not in (component if isinstance(component, dict) else {})]
-        if missing:
-            raise ResAdapterRTError(f"{path}: component {name!r} lacks {missing[0]!r}; re-export it")
-        graph = directory / component["path"]
-        if not graph.is_file():
-            raise ResAdapterRTError(f"{directory}: {component['path']} is missing, so this export is incomplete; "
-                                    "re-export it (`resadapter-rt export ... --force`)")
-        if component.get("external_data") and not graph.with_name(graph.name + ".data").is_file():
-            raise ResAdapterRTError(f"{directory}: {component['path']}.data (its weights) is missing, so this export is incomplete; "
-                                    "re-export it (`resadapter-rt export ... --force`)")
-    return manifest
-
 
 def _export_lines(manifest: dict) -> list[str]:
     alpha = "" if manifest.get("alpha") is None else " " + format(manifest["alpha"], "g")

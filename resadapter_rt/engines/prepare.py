@@ -7,20 +7,50 @@ writes, ``DIR/onnx`` only what an export writes; anything else is refused in one
 from __future__ import annotations
 
 import datetime
+import gc
 from pathlib import Path
 
 from ..errors import ResAdapterRTError
 from ..export.exporter import ExportOptions, export_pipeline, read_manifest
 from ..files import sha256_file
 from .manifest import ENGINE_FORMAT, manifest_format
+from .profiles import FAMILY_PIXEL_RANGE
 
-# ".resadapter-rt": the marker file the lead's branch writes into every directory the tool creates.
-MARKER = ".resadapter-rt"
+MARKER = ".resadapter-rt"  # the marker of directories resadapter-rt created (issue 19, item 1)
 # build_request.json: written by builds before engine manifest v2 (their directories stay usable)
 BUILD_OUTPUTS = {"onnx", "engines", "manifest.json", "build_request.json", ".build.lock", "timing.cache", MARKER}
 BUILD_TEMPORARIES = (".onnx.", ".manifest.json.")  # atomic writes in progress, or left by a killed build
 EXPORT_OUTPUTS = {"manifest.json", "tokenizer", "tokenizer_2", "scheduler", MARKER}
 COMPONENT_FILES = {"model.onnx", "model.onnx.data"}
+EXPORT_KEYS = {"family": str, "alpha_mode": str, "opset": int, "dtype": str, "target": str, "torch_version": str,
+               "sources": dict, "components": dict}
+EXPORT_COMPONENT_KEYS = ("path", "dtype", "inputs", "validation")
+
+
+def checked_export_manifest(directory: Path, require_files: bool = True) -> dict:
+    """The export manifest of ``directory`` with the keys build and inspect read (and, with
+    ``require_files``, its graphs and weights on disk); else one line."""
+    manifest = read_manifest(directory)
+    path = directory / "manifest.json"
+    for key, kind in EXPORT_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise ResAdapterRTError(f"{path}: {key!r} is missing or not a JSON {kind.__name__}; re-export it (`resadapter-rt export ... --force`)")
+    if manifest["family"] not in FAMILY_PIXEL_RANGE:
+        raise ResAdapterRTError(f"{path}: unknown model family {manifest['family']!r}; re-export it")
+    for name, component in manifest["components"].items():
+        missing = [k for k in EXPORT_COMPONENT_KEYS if k not in (component if isinstance(component, dict) else {})]
+        if missing:
+            raise ResAdapterRTError(f"{path}: component {name!r} lacks {missing[0]!r}; re-export it")
+        graph = directory / component["path"]
+        if not require_files:
+            continue
+        if not graph.is_file():
+            raise ResAdapterRTError(f"{directory}: {component['path']} is missing, so this export is incomplete; "
+                                    "re-export it (`resadapter-rt export ... --force`)")
+        if component.get("external_data") and not graph.with_name(graph.name + ".data").is_file():
+            raise ResAdapterRTError(f"{directory}: {component['path']}.data (its weights) is missing, so this export is incomplete; "
+                                    "re-export it (`resadapter-rt export ... --force`)")
+    return manifest
 
 
 def check_engine_dir(out: Path) -> None:
@@ -41,10 +71,11 @@ def check_engine_dir(out: Path) -> None:
 def check_own_export(export_dir: Path) -> dict:
     """The manifest of ``export_dir`` if it is an export holding only what the export wrote; else one line."""
     try:
-        manifest = read_manifest(export_dir)
+        read_manifest(export_dir)
     except ResAdapterRTError:
         raise ResAdapterRTError(f"{export_dir}: exists and is not a resadapter-rt export; move it away or choose another "
                                 "--out (build never replaces what it did not create)") from None
+    manifest = checked_export_manifest(export_dir, require_files=False)
     components = {spec["path"].split("/")[0] for spec in manifest["components"].values()}
     for entry in export_dir.iterdir():
         inside = {p.name for p in entry.iterdir()} - COMPONENT_FILES if entry.name in components and entry.is_dir() else set()
@@ -55,8 +86,8 @@ def check_own_export(export_dir: Path) -> dict:
     return manifest
 
 
-def stale_reason(manifest: dict, options: ExportOptions) -> str | None:
-    """Why an export cannot stand for ``options`` (None: it can be reused).
+def stale_reason(manifest: dict, options: ExportOptions, export_dir: Path) -> str | None:
+    """Why the export in ``export_dir`` cannot stand for ``options`` (None: it can be reused).
 
     Settings are compared as recorded; the adapter files and extra LoRAs by their recorded sha256,
     so an edited file under the same path is noticed. The manifest records no hash of the model
@@ -65,6 +96,10 @@ def stale_reason(manifest: dict, options: ExportOptions) -> str | None:
     from ..models.adapter import load_adapter
     from ..models.merge import parse_lora_spec
 
+    try:
+        checked_export_manifest(export_dir)
+    except ResAdapterRTError as exc:
+        return str(exc).split("; re-export")[0]
     sources = manifest["sources"]
     alpha = "dynamic" if manifest["alpha_mode"] == "dynamic" else manifest["alpha"]
     wanted_alpha = "dynamic" if options.alpha == "dynamic" else float(options.alpha)
@@ -95,10 +130,12 @@ def prepare_export(out: Path, options: ExportOptions, force: bool, progress=prin
     export_dir = out / "onnx"
     if export_dir.exists():
         manifest = check_own_export(export_dir)
-        reason = "--force" if force else stale_reason(manifest, options)
+        reason = "--force" if force else stale_reason(manifest, options, export_dir)
         if reason is None:
             progress(f"[build] reusing the validated export in {export_dir}")
             return manifest
         progress(f"[build] re-exporting {export_dir}: {reason}")
-    return export_pipeline(options, export_dir, force=True, progress=progress)
+    manifest = export_pipeline(options, export_dir, force=True, progress=progress)
+    gc.collect()  # the export's networks (GBs at full size) are garbage now; free them before the engine builds
+    return manifest
 

@@ -279,16 +279,19 @@ def test_export_reuse_follows_the_recorded_source_hashes(tmp_path):
     options = ExportOptions(model="tiny-sd15", resadapter=str(adapter), alpha=0.5, loras=(f"{lora}:0.8",),
                             validation_sizes=((328, 200, 1),))
     manifest = export_pipeline(options, tmp_path / "onnx", progress=lambda m: None)
-    assert stale_reason(manifest, options) is None
+    assert stale_reason(manifest, options, tmp_path / "onnx") is None
     for changed in ({"loras": (f"{lora}:0.3",)}, {"loras": ()}, {"alpha": 0.6}, {"alpha": "dynamic"}, {"resadapter": "tiny-sdxl"}):
-        assert stale_reason(manifest, ExportOptions(**{**options.__dict__, **changed})), changed
+        assert stale_reason(manifest, ExportOptions(**{**options.__dict__, **changed}), tmp_path / "onnx"), changed
     save_file({k: v + 1 for k, v in load_file(str(lora)).items()}, str(lora))
-    assert stale_reason(manifest, options) == f"LoRA {lora} changed since the export"
+    assert stale_reason(manifest, options, tmp_path / "onnx") == f"LoRA {lora} changed since the export"
     save_file({f"unet.{name}.lora_A.weight": torch.zeros(2, in_f), f"unet.{name}.lora_B.weight": torch.zeros(out_f, 2)}, str(lora))
-    assert stale_reason(manifest, options) is None
+    assert stale_reason(manifest, options, tmp_path / "onnx") is None
     norms = next(adapter.glob("diffusion_pytorch_model*.safetensors"))
     save_file({k: v * 2 for k, v in load_file(str(norms)).items()}, str(norms))
-    assert stale_reason(manifest, options) == f"adapter {adapter} changed since the export"
+    assert stale_reason(manifest, options, tmp_path / "onnx") == f"adapter {adapter} changed since the export"
+    (tmp_path / "onnx/unet/model.onnx").unlink()
+    assert stale_reason(manifest, options, tmp_path / "onnx") == (f"{tmp_path / 'onnx'}: unet/model.onnx is missing, so this "
+                                                                  "export is incomplete")
 
 
 @pytest.mark.parametrize("kwargs,message", [

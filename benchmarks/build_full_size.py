@@ -2,11 +2,12 @@
 
 Builds the pipeline directory (full-size UNet, CLIP ViT-L text encoder and VAE with random weights, the
 tiny model's tokenizer and scheduler), then runs
-    resadapter-rt build --model DIR --resadapter ADAPTER --dtype fp16 --alpha dynamic --profile 256-1024 --out OUT
-in a child process, sampling the resident memory of its whole process tree (the export, and the
+    resadapter-rt build --model DIR --resadapter ADAPTER --dtype DTYPE --alpha dynamic --profile 256-1024 --out OUT
+in a child process (DTYPE fp16 by default), sampling the resident memory of its whole process tree (the export, and the
 TensorRT-RTX builder workers) every 0.2 s. Records wall time, peak RSS, export and per-engine build
-times and engine sizes in benchmarks/results/build_full_size.json. Needs ~12 GB of RAM and ~10 GB of disk.
-python benchmarks/build_full_size.py [--adapter DIR] [--keep DIR]
+times and engine sizes in benchmarks/results/build_full_size.json (one entry per dtype; a run past
+--timeout is stopped and recorded as such). Needs ~16 GB of RAM and ~15 GB of disk.
+python benchmarks/build_full_size.py [--dtype fp16|fp32] [--timeout SECONDS] [--adapter DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -80,23 +81,34 @@ class TreeMemory(threading.Thread):
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapter", default=str(REPO.parent / "shared/resadapter/resadapter_v2_sd1.5"))
+    parser.add_argument("--dtype", default="fp16", help="export dtype (default fp16)")
+    parser.add_argument("--timeout", type=float, help="stop the build after this many seconds and record that")
     parser.add_argument("--keep", help="build into this directory and keep it (default: a temporary one, removed)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="build-full-size-"))
-    record: dict = {"benchmark": "build_full_size_sd15", "machine": platform.machine(), "python": platform.python_version()}
+    record: dict = {"dtype": args.dtype, "machine": platform.machine(), "python": platform.python_version(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         tick = time.perf_counter()
         full_size_pipeline(work / "model")
         record["make_random_pipeline_seconds"] = round(time.perf_counter() - tick, 1)
         out = Path(args.keep) if args.keep else work / "engines"
         command = [sys.executable, "-m", "resadapter_rt.cli", "build", "--model", str(work / "model"), "--resadapter", args.adapter,
-                   "--dtype", "fp16", "--alpha", "dynamic", "--profile", "256-1024", "--out", str(out)]
+                   "--dtype", args.dtype, "--alpha", "dynamic", "--profile", "256-1024", "--out", str(out)]
         record["command"] = "resadapter-rt " + " ".join(command[3:])
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         memory = TreeMemory(child.pid)
         memory.start()
-        stdout, stderr = child.communicate()
+        try:
+            stdout, stderr = child.communicate(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            import psutil
+
+            for process in [*psutil.Process(child.pid).children(recursive=True), psutil.Process(child.pid)]:
+                process.kill()
+            stdout, stderr = child.communicate()
+            record["stopped_after_timeout_seconds"] = args.timeout
         memory.done.set()
         memory.join()
         record.update(exit_status=child.returncode, wall_seconds=round(time.perf_counter() - start, 1),
@@ -120,7 +132,9 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     path = REPO / "benchmarks/results/build_full_size.json"
-    path.write_text(json.dumps(record, indent=2))
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    runs = [run for run in runs if run.get("dtype") != args.dtype] + [record]
+    path.write_text(json.dumps({"benchmark": "build_full_size_sd15", "runs": runs}, indent=2))
     print(json.dumps({k: v for k, v in record.items() if k not in ("progress", "stderr_tail")}, indent=2))
     print(f"wrote {path}")
     return record["exit_status"]

@@ -221,51 +221,33 @@ def _default_engine_dir(args: argparse.Namespace) -> Path:
     return Path("engines") / _default_export_dir(args).name
 
 
-def _export_matches(directory: Path, options) -> bool:
-    """An existing validated export made from the same sources and settings can be reused."""
-    from .export.exporter import read_manifest
-    from .models.merge import parse_lora_spec
-
-    try:
-        manifest = read_manifest(directory)
-    except ResAdapterRTError:
-        return False
-    sources = manifest["sources"]
-    alpha = "dynamic" if manifest["alpha_mode"] == "dynamic" else manifest["alpha"]
-    wanted_alpha = "dynamic" if options.alpha == "dynamic" else float(options.alpha)
-    return (sources["model"] == options.model and sources["resadapter"]["source"] == options.resadapter
-            and alpha == wanted_alpha and manifest["dtype"] == options.dtype
-            and [(item["source"], item["weight"]) for item in sources["loras"]] == [parse_lora_spec(s) for s in options.loras])
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .engines.build import BuildOptions, build_engines
-    from .export.exporter import ExportOptions, export_pipeline, read_manifest
+    from .engines.build import BuildOptions, build_engines, build_target
+    from .engines.prepare import prepare_export
     from .engines.profiles import ResolutionProfile, preset_for
+    from .engines.runtimes import parse_compute_capabilities, resolve_runtime
+    from .export.exporter import ExportOptions
 
     profiles = [ResolutionProfile.parse(spec) for spec in args.profile]
     profiles += [ResolutionProfile.static(size) for size in args.static]
     out = Path(args.out) if args.out else _default_engine_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
                             dtype=args.dtype, target="tensorrt", config=args.config).checked()
-    BuildOptions(profiles=tuple(profiles) or (ResolutionProfile.parse("128-1024"),), precision=args.precision,
-                 optimization_level=args.opt_level)  # validate flags before the long export
+    capabilities = parse_compute_capabilities(args.compute_capability) if args.compute_capability is not None else None
+    flags = dict(precision=args.precision, optimization_level=args.opt_level, refittable=args.refittable,
+                 strongly_typed=args.strongly_typed, compute_capabilities=capabilities, timing_cache=args.timing_cache)
+    runtime = resolve_runtime(args.runtime).name
+    # flags, runtime version and (TensorRT) the GPU are checked before the long export
+    build_target(BuildOptions(profiles=tuple(profiles) or (ResolutionProfile.parse("128-1024"),), runtime=runtime, **flags))
     progress = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     export_dir = out / "onnx"
-    if not args.force and _export_matches(export_dir, options):
-        progress(f"[build] reusing the validated export in {export_dir}")
-    else:
-        export_pipeline(options, export_dir, force=True, progress=progress)
-    manifest = read_manifest(export_dir)
-    profiles = profiles or [preset_for(args.resadapter, manifest["family"])]
-    build = BuildOptions(profiles=tuple(profiles), precision=args.precision, optimization_level=args.opt_level,
-                         refittable=args.refittable, strongly_typed=args.strongly_typed)
-    (out / "build_request.json").write_text(json.dumps({**build.key_material(), "profiles": [p.to_json() for p in profiles]}, indent=2))
+    manifest = prepare_export(out, options, args.force, progress)
+    build = BuildOptions(profiles=tuple(profiles or [preset_for(args.resadapter, manifest["family"])]), runtime=runtime, **flags)
     try:
-        result = build_engines(out, build, force=args.force, progress=progress)
+        result = build_engines(out, build, force=args.force, progress=progress, verbose=args.verbose)
     except ResAdapterRTError as exc:
         raise ResAdapterRTError(f"{exc}; the validated export is kept in {export_dir} (see `resadapter-rt inspect {out}`)") from None
-    print(f"engines in {out}: built {', '.join(result.built) or 'none'}; reused {', '.join(result.reused) or 'none'}")
+    print(f"{runtime} engines in {out}: built {', '.join(result.built) or 'none'}; reused {', '.join(result.reused) or 'none'}")
     return 0
 
 
@@ -344,10 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MIN-MAX[@AMIN-AMAX][,opt=WxH][,batch=A-B][,tokens=A-B] (repeatable: one engine, several profiles); "
                             "default: the adapter's model-card preset")
     build.add_argument("--static", action="append", default=[], metavar="WxH", help="a one-size profile (repeatable)")
-    build.add_argument("--precision", default="fp16", help="fp16 (default) | bf16 | fp32")
-    build.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5 (default 3)")
-    build.add_argument("--refittable", action="store_true", help="build refittable engines")
-    build.add_argument("--strongly-typed", action="store_true", help="strongly typed network (precision from the ONNX)")
+    build.add_argument("--runtime", default="auto", help="tensorrt | tensorrt-rtx | auto (default: tensorrt when installed, "
+                       "else tensorrt-rtx)")
+    build.add_argument("--compute-capability", metavar="X.Y[,X.Y]", help="TensorRT-RTX targets, e.g. 8.6,8.9,12.0 "
+                       "(default: its own set, 8.0/8.6/8.9/12.0+)")
+    build.add_argument("--precision", help="TensorRT only: fp16 (default) | bf16 | fp32 (TensorRT-RTX takes the export's --dtype)")
+    build.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0-5 (default 3)")
+    build.add_argument("--refittable", action="store_true", help="TensorRT only: build refittable engines")
+    build.add_argument("--strongly-typed", action="store_true", help="strongly typed network (always on for TensorRT-RTX)")
+    build.add_argument("--timing-cache", metavar="FILE", help="TensorRT only: timing cache to load and update (default DIR/timing.cache)")
     build.add_argument("--out", help="engine directory (default: engines/<model>--<adapter>--<alpha>--tensorrt)")
     build.add_argument("--force", action="store_true", help="re-export and rebuild even if cached")
     build.add_argument("-q", "--quiet", action="store_true", help="no progress messages")

@@ -177,3 +177,55 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _external_data_locations(graph) -> set[str]:
+    """Every external-data ``location`` referenced by tensors of ``graph`` and its subgraphs."""
+    from onnx import AttributeProto, TensorProto
+
+    def locations(tensor) -> set[str]:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            return set()
+        return {entry.value for entry in tensor.external_data if entry.key == "location"}
+
+    found: set[str] = set()
+    for tensor in list(graph.initializer) + [s.values for s in graph.sparse_initializer]:
+        found |= locations(tensor)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.TENSOR:
+                found |= locations(attribute.t)
+            found.update(*(locations(t) for t in attribute.tensors))
+            if attribute.type == AttributeProto.GRAPH:
+                found |= _external_data_locations(attribute.g)
+            for subgraph in attribute.graphs:
+                found |= _external_data_locations(subgraph)
+    return found
+
+
+def onnx_artifact_sha256(path: Path) -> str:
+    """One sha256 for an ONNX artifact: the graph file plus every external data file it references.
+
+    Graphs over 2 GB keep their weights beside them (``model.onnx.data``); hashing only the graph
+    would call two exports with different weights identical. A referenced file that is missing, or
+    a location outside the graph's directory, is a one-line error.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ResAdapterRTError(f"{path}: no such ONNX file; re-export it (`resadapter-rt export ... --force`)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ResAdapterRTError(f"{path}: not a readable ONNX file ({type(exc).__name__}); re-export it") from None
+    digest = hashlib.sha256(f"graph {sha256_file(path)}\n".encode())
+    base = path.parent.resolve()
+    for location in sorted(_external_data_locations(model.graph)):
+        data = (base / location).resolve()
+        if base not in data.parents:
+            raise ResAdapterRTError(f"{path}: external data location {location!r} leaves {base}; refusing to read it")
+        if not data.is_file():
+            raise ResAdapterRTError(f"{path}: external data file {location} is missing; re-export it")
+        digest.update(f"data {location} {sha256_file(data)}\n".encode())
+    return digest.hexdigest()

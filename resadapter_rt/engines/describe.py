@@ -1,59 +1,75 @@
-"""``resadapter-rt inspect``: what an export or engine directory holds and which sizes it serves."""
+"""``resadapter-rt inspect``: what an export or engine directory holds and which sizes it serves.
+
+A directory that is not what its manifest says (a malformed manifest, a missing graph, weights or
+engine file) is a one-line error, never a healthy-looking description.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import ResAdapterRTError
-from ..export.exporter import read_manifest
+from .manifest import ENGINE_FORMAT, check_engine_files, manifest_format, read_engine_manifest, rebuild_command
+from .prepare import checked_export_manifest
 from .profiles import FAMILY_PIXEL_RANGE, ResolutionProfile, parse_size
 
-
 def _export_lines(manifest: dict) -> list[str]:
-    lines = [f"export: {manifest['family']}, alpha {manifest['alpha_mode']}"
-             f"{'' if manifest['alpha'] is None else ' ' + format(manifest['alpha'], 'g')}, opset {manifest['opset']}, "
+    alpha = "" if manifest.get("alpha") is None else " " + format(manifest["alpha"], "g")
+    adapter = manifest["sources"].get("resadapter", {})
+    lines = [f"export: {manifest['family']}, alpha {manifest['alpha_mode']}{alpha}, opset {manifest['opset']}, "
              f"dtype {manifest['dtype']}, target {manifest['target']}, torch {manifest['torch_version']}",
-             f"  model {manifest['sources']['model']}; adapter {manifest['sources']['resadapter']['source']}"]
+             f"  model {manifest['sources'].get('model')}; adapter {adapter.get('source') if isinstance(adapter, dict) else adapter}"]
     for name, component in manifest["components"].items():
-        worst = max(r["relative_error"] for r in component["validation"])
+        errors = [r.get("relative_error", float("nan")) for r in component["validation"]]
+        worst = f"{max(errors):.1e}" if errors else "n/a"
         inputs = ", ".join(f"{i['name']}{i['shape']}" for i in component["inputs"])
-        lines.append(f"  {name}: {component['dtype']}, inputs {inputs}; ORT vs PyTorch worst relative error {worst:.1e} "
-                     f"over {len(component['validation'])} shapes")
+        lines.append(f"  {name}: {component['dtype']}, inputs {inputs}; ORT vs PyTorch worst relative error {worst} "
+                     f"over {len(errors)} shapes")
     return lines
+
+
+def _engine_lines(manifest: dict) -> list[str]:
+    runtime = manifest["runtime"]
+    where = f", built on {manifest['gpu_name']} (CUDA {manifest['cuda_version']})" if manifest.get("gpu_name") else " (ahead of time, no GPU)"
+    lines = [f"engines: {runtime.get('family')} {runtime.get('version')}, compute capability "
+             f"{', '.join(manifest['compute_capabilities'])}{where}, built {manifest['built_at']}"
+             f"{', in %.1f s' % manifest['build_seconds'] if isinstance(manifest.get('build_seconds'), (int, float)) else ''}"]
+    for name, component in manifest["components"].items():
+        lines.append(f"  {name}: {component['engine']}, {component['precision']}, {component['size_bytes'] / 2**20:.1f} MiB, "
+                     f"sha256 {component['sha256'][:12]}")
+    return lines
+
+
+def _profiles(manifest: dict, path: Path) -> list[ResolutionProfile]:
+    try:
+        return [ResolutionProfile.parse(p["spec"]) for p in manifest["profiles"]]
+    except (KeyError, TypeError):
+        raise ResAdapterRTError(f"{path}: a profile lacks its 'spec'; rebuild the engines") from None
 
 
 def describe_artifacts(directory: Path, size: str | None = None) -> str:
     """A readable summary; with ``size`` (WxH) also whether it is covered."""
     if not directory.is_dir():
         raise ResAdapterRTError(f"{directory}: no such directory")
-    manifest_path = directory / "manifest.json"
-    data = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    dimensions = parse_size(size, size) if size else None
     lines: list[str] = [f"{directory}"]
     profiles: list[ResolutionProfile] | None = None
-    if data.get("format") == "resadapter-rt/engines":
-        env = data["environment"]
-        lines.append(f"engines: precision {data['precision']}, TensorRT {env['tensorrt_version']}, CUDA {env['cuda_version']}, "
-                     f"GPU {env['gpu_name']} (compute capability {env['compute_capability']})")
-        for name, component in data["components"].items():
-            lines.append(f"  {name}: {component['engine']} sha256 {component['sha256'][:12]}")
-        profiles = [ResolutionProfile(**{k: tuple(v) if isinstance(v, list) else v for k, v in p.items() if k != "spec"})
-                    for p in data["profiles"]]
-        export = read_manifest(directory / "onnx")
+    if manifest_format(directory / "manifest.json") == ENGINE_FORMAT:
+        engines = read_engine_manifest(directory)
+        check_engine_files(directory, engines, rebuild_command(directory, engines), hash_files=False)
+        lines += _engine_lines(engines)
+        profiles = _profiles(engines, directory / "manifest.json")
+        export = checked_export_manifest(directory / "onnx")
     elif (directory / "onnx").is_dir():
-        export = read_manifest(directory / "onnx")
-        request = directory / "build_request.json"
-        lines.append("engines: none built yet (TensorRT missing or the build did not finish)")
-        if request.is_file():
-            lines.append("  requested profiles: " + "; ".join(p["spec"] for p in json.loads(request.read_text())["profiles"]))
-            profiles = [ResolutionProfile.parse(p["spec"]) for p in json.loads(request.read_text())["profiles"]]
+        export = checked_export_manifest(directory / "onnx")
+        lines.append("engines: none built yet (the build did not run or did not finish)")
     else:
-        export = read_manifest(directory)
+        export = checked_export_manifest(directory)
     lines += _export_lines(export)
-    if profiles and data.get("format") == "resadapter-rt/engines":
+    if profiles:
         lines.append("profiles: " + "; ".join(p.describe() for p in profiles))
-    if size:
-        width, height = parse_size(size, size)
+    if dimensions:
+        width, height = dimensions
         if profiles is not None:
             covered = any(p.covers(width, height) for p in profiles)
             lines.append(f"{width}x{height}: {'covered' if covered else 'NOT covered'} by the engine profiles")

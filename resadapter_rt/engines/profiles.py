@@ -9,6 +9,7 @@ range is enforced by ``covers`` (and by the runtime), not by the engine.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 
@@ -24,7 +25,8 @@ PRESETS = {
     "resadapter_v1_sd1.5": "128-1024@0.28-3.5,opt=512x512",
     "resadapter_v1_sdxl": "256-1536@0.28-3.5,opt=1024x1024",
 }
-_SPEC = re.compile(r"^(\d+)-(\d+)(?:@([\d.]+)-([\d.]+))?((?:,[a-z]+=[^,]+)*)$")
+_NUMBER = r"\d+(?:\.\d+)?|\.\d+"
+_SPEC = re.compile(rf"^(\d+)-(\d+)(?:@({_NUMBER})-({_NUMBER}))?((?:,[a-z]+=[^,]+)*)$")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class ResolutionProfile:
         if unknown:
             raise ResAdapterRTError(f"profile {spec!r}: unknown option {sorted(unknown)[0]!r}; use opt=, batch= or tokens=")
         opt = parse_size(options["opt"], spec) if "opt" in options else _default_opt(low, high, aspect)
+        if opt is None:
+            raise ResAdapterRTError(f"profile {spec!r}: no size with both sides in {low}-{high} px (multiples of "
+                                    f"{LATENT_FACTOR}) has an aspect ratio in {aspect[0]:g}-{aspect[1]:g}; widen one of the ranges")
         batch = _range(options.get("batch", "1-1"), spec, "batch")
         tokens = _range(options.get("tokens", f"{TOKEN_CHUNK}-{TOKEN_CHUNK}"), spec, "tokens")
         return cls(low, high, aspect[0], aspect[1], opt[0], opt[1], (batch[0], batch[0], batch[1]), (tokens[0], tokens[0], tokens[1]))
@@ -77,6 +82,8 @@ class ResolutionProfile:
     @classmethod
     def static(cls, size: str, batch: int = 1) -> "ResolutionProfile":
         width, height = parse_size(size, size)
+        if width <= 0 or height <= 0:
+            raise ResAdapterRTError(f"static size {size!r}: width and height must be positive multiples of {LATENT_FACTOR} px, e.g. 1000x600")
         return cls(min(width, height), max(width, height), width / height, width / height, width, height, (batch,) * 3)
 
     def covers(self, width: int, height: int, batch: int = 1, tokens: int = TOKEN_CHUNK) -> bool:
@@ -146,12 +153,25 @@ def _range(text: str, spec: str, name: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def _default_opt(low: int, high: int, aspect: tuple[float, float]) -> tuple[int, int]:
-    """The square size at the geometric middle of the range, rounded to a multiple of 8."""
+def _default_opt(low: int, high: int, aspect: tuple[float, float]) -> tuple[int, int] | None:
+    """The size inside the profile closest to the geometric middle of the side range, as square as the
+    aspect range allows (multiples of 8); None when no size fits the profile."""
     side = int(round((low * high) ** 0.5 / LATENT_FACTOR)) * LATENT_FACTOR
-    if not aspect[0] <= 1.0 <= aspect[1]:  # a non-square-only profile: use the minimum aspect
-        return side, max(low, int(round(side / aspect[0] / LATENT_FACTOR)) * LATENT_FACTOR)
-    return side, side
+    target = min(max(1.0, aspect[0]), aspect[1])
+    best, best_score = None, None
+    first = -(-low // LATENT_FACTOR) * LATENT_FACTOR
+    for height in range(first, high + 1, LATENT_FACTOR):
+        narrow = max(first, -(-math.ceil(height * aspect[0] - 1e-9) // LATENT_FACTOR) * LATENT_FACTOR)
+        wide = min(high // LATENT_FACTOR * LATENT_FACTOR, int(height * aspect[1] + 1e-9) // LATENT_FACTOR * LATENT_FACTOR)
+        if narrow > wide:
+            continue
+        width = min(max(int(round(height * target / LATENT_FACTOR)) * LATENT_FACTOR, narrow), wide)
+        score = (abs(math.log(width * height / side**2)), abs(math.log(width / height / target)))
+        if best_score is None or score < best_score:
+            best, best_score = (width, height), score
+    if best is None and low > high:
+        return side, side  # an inverted range: __post_init__ names that error
+    return best
 
 
 def preset_for(adapter_source: str, family: str) -> ResolutionProfile:

@@ -2,7 +2,8 @@
 
 A runner maps named CPU/GPU torch tensors to named torch tensors. Backends:
 ``torch`` (reference; rebuilt from the export's recorded sources), ``onnxruntime`` (CPU provider,
-CUDA/TensorRT providers when onnxruntime-gpu is installed). ``tensorrt`` arrives with the engines.
+CUDA/TensorRT providers when onnxruntime-gpu is installed), ``tensorrt`` (TensorRT or TensorRT-RTX engines
+from ``resadapter-rt build``).
 """
 
 from __future__ import annotations
@@ -72,20 +73,24 @@ def check_backend(name: str) -> str:
 
 
 def tensorrt_runners(directory: Path) -> dict[str, Runner]:
-    """Engines of a ``resadapter-rt build`` directory, after checking they fit this TensorRT and GPU."""
-    import json
-
-    from ..engines.build import ENGINE_FORMAT, check_engine_manifest, tensorrt_environment
+    """Engines of a ``resadapter-rt build`` directory (TensorRT or TensorRT-RTX), after checking they fit this
+    GPU and runtime, are intact, and were built from the export in ``directory/onnx``."""
+    from ..engines import runtimes
+    from ..engines.manifest import check_engine_manifest, read_engine_manifest, rebuild_command
+    from ..engines.runtimes import FAMILIES, check_engines_fit_gpu, importable, runtime_version
     from ..engines.tensorrt_runner import TensorRTRunner
 
-    path = directory / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
-    if manifest.get("format") != ENGINE_FORMAT:
-        raise ResAdapterRTError(f"{directory}: no TensorRT engines here; build them with `resadapter-rt build --out {directory} ...`")
-    sources = manifest["sources"]
-    rebuild = f"resadapter-rt build --model {sources['model']} --resadapter {sources['resadapter']['source']} --out {directory} --force"
-    check_engine_manifest(directory, manifest, tensorrt_environment(), rebuild)
-    return {name: TensorRTRunner(directory / spec["engine"]) for name, spec in manifest["components"].items()}
+    manifest = read_engine_manifest(directory)
+    family_name = manifest["runtime"].get("family")
+    gpu = runtimes.gpu_info()
+    check_engines_fit_gpu(family_name, manifest["compute_capabilities"], gpu, rebuild_command(directory, manifest))
+    family = FAMILIES[family_name]
+    if not importable(family):
+        raise ResAdapterRTError(f"{directory}: these are {family.name} engines and {family.module} is not installed here; {family.install}")
+    check_engine_manifest(directory, manifest, gpu, runtime_version(family))
+    return {name: TensorRTRunner(directory / spec["engine"], family.name,
+                                 runtime_cache=(directory / spec["engine"]).with_suffix(".rtxcache"))
+            for name, spec in manifest["components"].items()}
 
 
 def onnxruntime_tensorrt_runners(directory: Path, manifest: dict, profiles: list, cache_dir: Path) -> dict[str, Runner]:

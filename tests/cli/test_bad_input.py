@@ -100,11 +100,11 @@ CASES = [
     # generate
     ("generate-no-artifacts", None, GEN, "exp: no such artifacts directory"),
     ("generate-no-unet", lambda r, g: copy_export(g, r, lambda e: (e / "unet" / "model.onnx").unlink()), GEN,
-     "exp: unet/model.onnx is missing; the export is incomplete"),
+     "exp: unet/model.onnx is missing, so this export is incomplete"),
     ("generate-no-scheduler", lambda r, g: copy_export(g, r, lambda e: shutil.rmtree(e / "scheduler")), GEN,
-     "exp: scheduler/ is missing; the export is incomplete"),
+     "exp: scheduler/ is missing, so this export is incomplete"),
     ("generate-no-tokenizer", lambda r, g: copy_export(g, r, lambda e: shutil.rmtree(e / "tokenizer")), GEN,
-     "exp: tokenizer/ is missing; the export is incomplete"),
+     "exp: tokenizer/ is missing, so this export is incomplete"),
     ("generate-cuda-target", lambda r, g: copy_export(g, r, edit_manifest(lambda m: m.update(target="cuda"))), GEN,
      "this export targets CUDA (its fused GroupNorm ops have no CPU kernels)"),
     ("generate-path-escapes", lambda r, g: copy_export(g, r, edit_manifest(

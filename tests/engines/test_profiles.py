@@ -62,8 +62,27 @@ def test_default_opt_is_inside_and_square():
     ("256-1024,tokens=77-100", "profile 256-1024@0.25-4,opt=512x512,batch=1-1,tokens=77-100: token counts must be multiples of 77"),
     ("256-1024,speed=max", "profile '256-1024,speed=max': unknown option 'speed'; use opt=, batch= or tokens="),
     ("256-1024,opt=big", "'256-1024,opt=big': size 'big' is not WIDTHxHEIGHT, e.g. 1000x600"),
+    ("128-1024@1.2.3-2", "profile '128-1024@1.2.3-2' is not MIN-MAX[@AMIN-AMAX][,opt=WxH][,batch=A-B][,tokens=A-B], e.g. 256-1024@0.28-3.5,opt=768x768"),
+    ("128-136@3.5-4", "profile '128-136@3.5-4': no size with both sides in 128-136 px (multiples of 8) has an aspect ratio in 3.5-4; "
+                      "widen one of the ranges"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(ResAdapterRTError) as info:
         ResolutionProfile.parse(spec)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("spec,opt", [
+    ("128-1024@0.28-0.5", (256, 512)),   # portrait only: the default opt size is clamped into the profile
+    ("128-1024@2-3.5", (512, 256)), ("200-704", (376, 376)), ("256-384", (312, 312)),
+])
+def test_default_opt_size_lies_inside_every_valid_profile(spec, opt):
+    profile = ResolutionProfile.parse(spec)
+    assert (profile.opt_width, profile.opt_height) == opt and profile.covers(*opt)
+
+
+@pytest.mark.parametrize("size", ["512x0", "0x512"])
+def test_static_size_needs_positive_sides(size):
+    with pytest.raises(ResAdapterRTError) as info:
+        ResolutionProfile.static(size)
+    assert str(info.value) == f"static size {size!r}: width and height must be positive multiples of 8 px, e.g. 1000x600"

@@ -1,0 +1,144 @@
+"""`resadapter-rt build` on a full-size SD1.5 pipeline (random weights) with the real resadapter_v2_sd1.5.
+
+Builds the pipeline directory (full-size UNet, CLIP ViT-L text encoder and VAE with random weights, the
+tiny model's tokenizer and scheduler), then runs
+    resadapter-rt build --model DIR --resadapter ADAPTER --dtype DTYPE --alpha dynamic --profile 256-1024 --out OUT
+in a child process (DTYPE fp16 by default), sampling the resident memory of its whole process tree (the export, and the
+TensorRT-RTX builder workers) every 0.2 s. Records wall time, peak RSS, export and per-engine build
+times and engine sizes in benchmarks/results/build_full_size.json (one entry per dtype; a run past
+--timeout is stopped and recorded as such). Needs ~16 GB of RAM and ~15 GB of disk.
+python benchmarks/build_full_size.py [--dtype fp16|fp32] [--timeout SECONDS] [--adapter DIR] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def full_size_pipeline(directory: Path) -> None:
+    """The tiny SD1.5 pipeline layout with full-size, random-weight UNet, text encoder and VAE."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from resadapter_rt.models.families import SD15
+    from resadapter_rt.models.tiny import full_size_unet_config, tiny_pipeline_dir
+
+    shutil.copytree(tiny_pipeline_dir(SD15), directory)
+    torch.manual_seed(0)
+    for part, model in (
+        ("unet", lambda: UNet2DConditionModel(**full_size_unet_config(SD15))),
+        ("text_encoder", lambda: CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                                              num_hidden_layers=12, num_attention_heads=12,
+                                                              max_position_embeddings=77, hidden_act="quick_gelu"))),
+        ("vae", lambda: AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                      block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                                      sample_size=512)),
+    ):
+        shutil.rmtree(directory / part)
+        network = model()
+        network.save_pretrained(directory / part)
+        del network
+
+
+class TreeMemory(threading.Thread):
+    """Peak summed RSS of a process and all its descendants, sampled."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak, self.done = pid, interval, 0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        root = psutil.Process(self.pid)
+        while not self.done.is_set():
+            try:
+                processes = [root, *root.children(recursive=True)]
+                total = 0
+                for process in processes:
+                    try:
+                        total += process.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                return
+            self.done.wait(self.interval)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--adapter", default=str(REPO.parent / "shared/resadapter/resadapter_v2_sd1.5"))
+    parser.add_argument("--dtype", default="fp16", help="export dtype (default fp16)")
+    parser.add_argument("--timeout", type=float, help="stop the build after this many seconds and record that")
+    parser.add_argument("--keep", help="build into this directory and keep it (default: a temporary one, removed)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="build-full-size-"))
+    record: dict = {"dtype": args.dtype, "machine": platform.machine(), "python": platform.python_version(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        tick = time.perf_counter()
+        full_size_pipeline(work / "model")
+        record["make_random_pipeline_seconds"] = round(time.perf_counter() - tick, 1)
+        out = Path(args.keep) if args.keep else work / "engines"
+        command = [sys.executable, "-m", "resadapter_rt.cli", "build", "--model", str(work / "model"), "--resadapter", args.adapter,
+                   "--dtype", args.dtype, "--alpha", "dynamic", "--profile", "256-1024", "--out", str(out)]
+        record["command"] = "resadapter-rt " + " ".join(command[3:])
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        memory = TreeMemory(child.pid)
+        memory.start()
+        try:
+            stdout, stderr = child.communicate(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            import psutil
+
+            for process in [*psutil.Process(child.pid).children(recursive=True), psutil.Process(child.pid)]:
+                process.kill()
+            stdout, stderr = child.communicate()
+            record["stopped_after_timeout_seconds"] = args.timeout
+        memory.done.set()
+        memory.join()
+        record.update(exit_status=child.returncode, wall_seconds=round(time.perf_counter() - start, 1),
+                      peak_tree_rss_gib=round(memory.peak / 2**30, 2), stdout=stdout.strip(),
+                      progress=[line for line in stderr.splitlines() if line.startswith(("[export]", "[build]", "error:"))])
+        if child.returncode == 0:
+            engines = json.loads((out / "manifest.json").read_text())
+            export = json.loads((out / "onnx/manifest.json").read_text())
+            record["runtime"] = engines["runtime"]
+            record["compute_capabilities"] = engines["compute_capabilities"]
+            record["profiles"] = [p["spec"] for p in engines["profiles"]]
+            record["export_seconds"] = export["export_seconds"]
+            record["components"] = {
+                name: {"precision": c["precision"], "engine_bytes": c["size_bytes"], "build_seconds": c["build_seconds"],
+                       "onnx_bytes": sum(p.stat().st_size for p in (out / c["onnx"]).parent.iterdir()),
+                       "onnx_export_seconds": export["components"][name]["export_seconds"],
+                       "worst_relative_error": max(r["relative_error"] for r in export["components"][name]["validation"])}
+                for name, c in engines["components"].items()}
+        else:
+            record["stderr_tail"] = stderr[-3000:]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = REPO / "benchmarks/results/build_full_size.json"
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    runs = [run for run in runs if run.get("dtype") != args.dtype] + [record]
+    path.write_text(json.dumps({"benchmark": "build_full_size_sd15", "runs": runs}, indent=2))
+    print(json.dumps({k: v for k, v in record.items() if k not in ("progress", "stderr_tail")}, indent=2))
+    print(f"wrote {path}")
+    return record["exit_status"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

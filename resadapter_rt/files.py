@@ -229,3 +229,16 @@ def onnx_artifact_sha256(path: Path) -> str:
             raise ResAdapterRTError(f"{path}: external data file {location} is missing; re-export it")
         digest.update(f"data {location} {sha256_file(data)}\n".encode())
     return digest.hexdigest()
+
+
+def read_json_object(path: Path, fix: str) -> dict:
+    """A JSON object from ``path`` (a manifest); unreadable JSON or another type is one line ending in ``fix``."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ResAdapterRTError(f"{path}: not valid JSON; {fix}") from None
+    if not isinstance(value, dict):
+        raise ResAdapterRTError(f"{path}: expected a JSON object, found {type(value).__name__}; {fix}")
+    return value

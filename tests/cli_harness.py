@@ -53,6 +53,18 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float 
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 
+def run_main(argv: list[str], capsys) -> CliResult:
+    """``resadapter-rt ARGV`` in this process (fast; an uncaught exception fails the test as a traceback would)."""
+    from resadapter_rt.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
+
+
 def assert_one_line_error(result: CliResult, expected: str) -> str:
     """Exit 2, exactly one stderr line starting ``error:`` that contains ``expected``, and no traceback."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]

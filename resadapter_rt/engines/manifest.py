@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import ResAdapterRTError
-from ..files import onnx_artifact_sha256, sha256_file
+from ..files import onnx_artifact_sha256, read_json_object, sha256_file
 from .runtimes import GpuInfo, check_engines_fit_gpu
 
 ENGINE_FORMAT = "resadapter-rt/engines"
@@ -25,12 +25,7 @@ def read_engine_manifest(directory: Path) -> dict:
     rebuild = f"rebuild with `resadapter-rt build ... --out {directory}`"
     if not path.is_file():
         raise ResAdapterRTError(f"{directory}: no manifest.json; not an engine directory ({rebuild})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ResAdapterRTError(f"{path}: not valid JSON; {rebuild}") from None
-    if not isinstance(manifest, dict):
-        raise ResAdapterRTError(f"{path}: not a JSON object; {rebuild}")
+    manifest = read_json_object(path, rebuild)
     if manifest.get("format") != ENGINE_FORMAT or manifest.get("format_version") != ENGINE_FORMAT_VERSION:
         raise ResAdapterRTError(f"{directory}: manifest format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
                                 f"{ENGINE_FORMAT} v{ENGINE_FORMAT_VERSION}; {rebuild}")

@@ -21,7 +21,7 @@ from ..models.adapter import load_adapter
 from .dynamic_alpha import attach_lora_branches
 from ..errors import ResAdapterRTError
 from ..models.families import SDXL
-from ..files import atomic_directory, check_output_dir
+from ..files import atomic_directory, check_output_dir, onnx_artifact_sha256, read_json_object
 from ..models.lora import read_lora_file
 from ..models.merge import merge_adapter, merge_loras, parse_alpha, parse_lora_spec
 from ..models.components import load_components
@@ -31,7 +31,6 @@ from .ort_fusion import fuse_for_cuda
 from .precision import half_precision_copy
 from .specs import (ComponentSpec, TextEncoderForExport, UNetForExport, VaeDecoderForExport, text_encoder_spec,
                          unet_spec, upsample_sizes_from_skips, vae_decoder_spec)
-from ..files import onnx_artifact_sha256
 from ..models.provenance import merge_record
 
 log = logging.getLogger(__name__)
@@ -275,12 +274,7 @@ def read_manifest(directory: Path) -> dict:
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise ResAdapterRTError(f"{directory}: no manifest.json; not an export directory (create one with `resadapter-rt export`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ResAdapterRTError(f"{path}: not valid JSON; re-run `resadapter-rt export`") from None
-    if not isinstance(manifest, dict):
-        raise ResAdapterRTError(f"{path}: expected a JSON object, found {type(manifest).__name__}; re-run `resadapter-rt export`")
+    manifest = read_json_object(path, "re-run `resadapter-rt export`")
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") != MANIFEST_VERSION:
         raise ResAdapterRTError(
             f"{directory}: export format {manifest.get('format')!r} v{manifest.get('format_version')} is not "

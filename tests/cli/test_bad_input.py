@@ -14,9 +14,8 @@ from typing import Callable
 
 import pytest
 
-from cli_harness import assert_one_line_error, run_cli, tree_snapshot
+from cli_harness import assert_one_line_error, run_cli, run_main, tree_snapshot
 from conftest import quiet
-from resadapter_rt.cli import main
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.models.families import SD15
 from resadapter_rt.models.tiny import tiny_pipeline_dir
@@ -144,15 +143,7 @@ def test_bad_input_is_one_line_and_touches_nothing(setup, argv, expected, good_e
         setup(root, good_export)
     monkeypatch.chdir(root)
     before = tree_snapshot(root)
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert expected in lines[0], lines[0]
+    assert_one_line_error(run_main(argv, capsys), expected)
     assert tree_snapshot(root) == before
 
 

@@ -16,7 +16,7 @@ from conftest import quiet
 from resadapter_rt import ResAdapterRTError, load_adapter, load_components, merge_adapter
 from resadapter_rt.cli import main
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline, read_manifest
-from resadapter_rt.files import sha256_file
+from resadapter_rt.files import onnx_artifact_sha256
 
 SMALL_SIZES = ((328, 200, 2), (280, 1000, 1), (1008, 288, 1))  # non-multiple of 64, aspect 0.28 and 3.5
 
@@ -106,7 +106,7 @@ def test_manifest_records_io_hashes_groupnorm_and_validation(exports):
                       "encoder_hidden_states": ["batch", "tokens", 64], "text_embeds": ["batch", 32],
                       "time_ids": ["batch", 6], "resadapter_alpha": []}
     assert unet["outputs"][0]["name"] == "out_sample"
-    assert unet["sha256"] == sha256_file(exports["sdxl_dynamic"] / "unet" / "model.onnx")
+    assert unet["sha256"] == onnx_artifact_sha256(exports["sdxl_dynamic"] / "unet" / "model.onnx")  # graph + weights
     assert unet["group_norm"]["after"]["InstanceNormalization"] > 0 and unet["group_norm"]["after"]["GroupNormalization"] == 0
     assert len(unet["validation"]) == len(SMALL_SIZES) + 1  # first size at two alphas
     assert all(r["relative_error"] < 1e-4 for c in manifest["components"].values() for r in c["validation"])

@@ -129,20 +129,6 @@ def run_group_norm_benchmark() -> dict:
             "results": str(result.relative_to(REPO)) if done.returncode == 0 and result.is_file() else None}
 
 
-def _median_ms(fn, repeats: int) -> float:
-    import torch
-
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def unet_step_timings(sizes: list[int], repeats: int) -> list[dict]:
     """Full-size SD1.5 UNet (random weights), fp16, batch 2 (CFG): eager vs fused GroupNorm, each with and without CUDA graphs."""
     import copy
@@ -151,6 +137,7 @@ def unet_step_timings(sizes: list[int], repeats: int) -> list[dict]:
     from diffusers import UNet2DConditionModel
 
     from resadapter_rt.kernels.fuse import fuse_group_norm_silu
+    from resadapter_rt.bench.cuda_timing import cuda_event_times_ms
     from resadapter_rt.models.families import SD15
     from resadapter_rt.models.tiny import full_size_unet_config
 
@@ -171,7 +158,7 @@ def unet_step_timings(sizes: list[int], repeats: int) -> list[dict]:
                 output = step()
                 reference = output if reference is None else reference
                 error = float((output.float() - reference.float()).abs().max())
-                plain = _median_ms(step, repeats)
+                plain = statistics.median(cuda_event_times_ms(step, repeats))
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):
@@ -181,7 +168,7 @@ def unet_step_timings(sizes: list[int], repeats: int) -> list[dict]:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
                     step()
-                graphed = _median_ms(graph.replay, repeats)
+                graphed = statistics.median(cuda_event_times_ms(graph.replay, repeats))
             rows.append({"variant": name, "size": f"{size}x{size}", "batch": 2, "dtype": "fp16", "eager_ms": round(plain, 3),
                          "cuda_graph_ms": round(graphed, 3), "max_abs_vs_torch": error,
                          "fused_pairs": pairs if "fused" in name else 0})

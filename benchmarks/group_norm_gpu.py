@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from resadapter_rt.bench.cuda_timing import cuda_event_times_ms
 from resadapter_rt.kernels import group_norm
 from resadapter_rt.kernels.group_norm_op import _triton_group_norm
 from resadapter_rt.kernels.launch_plan import estimate_us, plan_group_norm, single_plan
@@ -28,19 +29,6 @@ from resadapter_rt.kernels.launch_plan import estimate_us, plan_group_norm, sing
 REPO = Path(__file__).resolve().parents[1]
 ROOFLINE = REPO / "benchmarks/results/group_norm_roofline.json"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def time_ms(fn, repeats: int) -> list[float]:
-    """CUDA-event times of ``repeats`` calls, one synchronised call each."""
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
 
 
 def roofline_shapes(pixels: list[int]) -> list[dict]:
@@ -73,11 +61,11 @@ def measure(case: dict, dtype: torch.dtype, channels_last: bool, repeats: int, s
     reference = F.silu(reference) if silu else reference
     errors = {name: float((fn().double() - reference).abs().max()) for name, fn in fns.items()}
     for fn in fns.values():  # warm-up and JIT compile
-        time_ms(fn, 3)
+        cuda_event_times_ms(fn, 3)
     times = {name: [] for name in fns}
     for _ in range(repeats):  # interleaved
         for name, fn in fns.items():
-            times[name] += time_ms(fn, 1)
+            times[name] += cuda_event_times_ms(fn, 1)
     is_cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     plan = plan_group_norm(tuple(shape), groups, x.element_size(), is_cl, sms)
     old_plan = single_plan(shape[0], shape[1], shape[2] * shape[3], groups, x.element_size())

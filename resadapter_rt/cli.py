@@ -135,15 +135,15 @@ def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, ou
 
 def _check_output_file(output: Path) -> None:
     """An image path must name a file in a writable directory, and not a user's directory."""
+    from .files import unwritable_ancestor
+
     if output.is_dir():
         raise ResAdapterRTError(f"{output}: is a directory; pass a file name for -o/--output, e.g. {output / 'out.png'}")
     if output.suffix.lower() != ".png":
         raise ResAdapterRTError(f"{output}: images are written as PNG; pass a path ending in .png")
-    for ancestor in output.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
-                raise ResAdapterRTError(f"{output}: cannot write here ({ancestor} is not a writable directory)")
-            break
+    blocked = unwritable_ancestor(output)
+    if blocked is not None:
+        raise ResAdapterRTError(f"{output}: cannot write here ({blocked} is not a writable directory)")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

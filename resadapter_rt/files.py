@@ -61,6 +61,14 @@ def created_by_us(directory: Path) -> bool:
     return (Path(directory) / ARTIFACT_MARKER).is_file()
 
 
+def unwritable_ancestor(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` if it is not a writable directory (``path`` could not be created), else None."""
+    for ancestor in Path(path).parents:
+        if ancestor.exists():
+            return None if ancestor.is_dir() and os.access(ancestor, os.W_OK) else ancestor
+    return None
+
+
 def check_output_dir(final: Path, force: bool = False) -> None:
     """Fail early (before any expensive work) if ``final`` cannot become a fresh output directory.
 
@@ -80,11 +88,9 @@ def check_output_dir(final: Path, force: bool = False) -> None:
                 "choose another --out (or empty it yourself)")
         if not force:
             raise ResAdapterRTError(f"{final}: directory is not empty; pass --force to replace it or choose another --out")
-    for ancestor in final.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
-                raise ResAdapterRTError(f"{final}: cannot write here ({ancestor} is not a writable directory); choose a writable --out")
-            break
+    blocked = unwritable_ancestor(final)
+    if blocked is not None:
+        raise ResAdapterRTError(f"{final}: cannot write here ({blocked} is not a writable directory); choose a writable --out")
 
 
 @contextlib.contextmanager

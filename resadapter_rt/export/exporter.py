@@ -21,7 +21,7 @@ from ..models.adapter import load_adapter
 from .dynamic_alpha import attach_lora_branches
 from ..errors import ResAdapterRTError
 from ..models.families import SDXL
-from ..files import atomic_directory, check_output_dir, onnx_artifact_sha256, read_json_object
+from ..files import atomic_directory, onnx_artifact_sha256, read_json_object
 from ..models.lora import read_lora_file
 from ..models.merge import merge_adapter, merge_loras, parse_alpha, parse_lora_spec
 from ..models.components import load_components
@@ -160,8 +160,7 @@ def export_pipeline(options: ExportOptions, out: Path, force: bool = False, prog
     Returns the manifest.
     """
     options = options.checked()
-    check_output_dir(Path(out), force)
-    with atomic_directory(Path(out), force=force) as tmp:
+    with atomic_directory(Path(out), force=force) as tmp:  # checks ``out`` first, before any work
         return _export_into(tmp, options, progress)
 
 

@@ -74,3 +74,11 @@ def assert_one_line_error(result: CliResult, expected: str) -> str:
     assert lines[0].startswith("error: "), lines[0]
     assert expected in lines[0], f"{expected!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def assert_bad_input_touches_nothing(root: Path, argv: list[str], expected: str, monkeypatch, capsys) -> None:
+    """Run ``argv`` in-process from ``root``: one ``error:`` line containing ``expected``, exit 2, ``root`` unchanged."""
+    monkeypatch.chdir(root)
+    before = tree_snapshot(root)
+    assert_one_line_error(run_main(argv, capsys), expected)
+    assert tree_snapshot(root) == before

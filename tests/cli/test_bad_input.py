@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from cli_harness import assert_one_line_error, run_cli, run_main, tree_snapshot
+from cli_harness import assert_bad_input_touches_nothing, assert_one_line_error, run_cli, tree_snapshot
 from conftest import quiet
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.models.families import SD15
@@ -141,10 +141,7 @@ def test_bad_input_is_one_line_and_touches_nothing(setup, argv, expected, good_e
     root.mkdir()
     if setup is not None:
         setup(root, good_export)
-    monkeypatch.chdir(root)
-    before = tree_snapshot(root)
-    assert_one_line_error(run_main(argv, capsys), expected)
-    assert tree_snapshot(root) == before
+    assert_bad_input_touches_nothing(root, argv, expected, monkeypatch, capsys)
 
 
 def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_harness import assert_one_line_error, run_cli, run_main, tree_snapshot
+from cli_harness import assert_bad_input_touches_nothing, assert_one_line_error, run_cli, tree_snapshot
 from resadapter_rt.cli import main
 from resadapter_rt.models.families import SD15
 from resadapter_rt.models.tiny import tiny_pipeline_dir
@@ -124,10 +124,7 @@ def test_bad_train_input_is_one_line_and_touches_nothing(setup, argv, expected, 
     root.mkdir()
     if setup is not None:
         setup(root, checkpoint)
-    monkeypatch.chdir(root)
-    before = tree_snapshot(root)
-    assert_one_line_error(run_main([str(checkpoint) if a == "CKPT" else a for a in argv], capsys), expected)
-    assert tree_snapshot(root) == before
+    assert_bad_input_touches_nothing(root, [str(checkpoint) if a == "CKPT" else a for a in argv], expected, monkeypatch, capsys)
 
 
 def test_subprocess_bad_data_is_one_line(tmp_path):

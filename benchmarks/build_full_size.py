@@ -19,63 +19,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from resadapter_rt.bench.memory import TreeMemory
+from resadapter_rt.models.families import SD15
+from resadapter_rt.models.tiny import write_full_size_pipeline
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def full_size_pipeline(directory: Path) -> None:
-    """The tiny SD1.5 pipeline layout with full-size, random-weight UNet, text encoder and VAE."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from resadapter_rt.models.families import SD15
-    from resadapter_rt.models.tiny import full_size_unet_config, tiny_pipeline_dir
-
-    shutil.copytree(tiny_pipeline_dir(SD15), directory)
-    torch.manual_seed(0)
-    for part, model in (
-        ("unet", lambda: UNet2DConditionModel(**full_size_unet_config(SD15))),
-        ("text_encoder", lambda: CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                                              num_hidden_layers=12, num_attention_heads=12,
-                                                              max_position_embeddings=77, hidden_act="quick_gelu"))),
-        ("vae", lambda: AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                                      block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                                      sample_size=512)),
-    ):
-        shutil.rmtree(directory / part)
-        network = model()
-        network.save_pretrained(directory / part)
-        del network
-
-
-class TreeMemory(threading.Thread):
-    """Peak summed RSS of a process and all its descendants, sampled."""
-
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.peak, self.done = pid, interval, 0, threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        root = psutil.Process(self.pid)
-        while not self.done.is_set():
-            try:
-                processes = [root, *root.children(recursive=True)]
-                total = 0
-                for process in processes:
-                    try:
-                        total += process.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak = max(self.peak, total)
-            except psutil.Error:
-                return
-            self.done.wait(self.interval)
 
 
 def main() -> int:
@@ -90,7 +41,7 @@ def main() -> int:
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         tick = time.perf_counter()
-        full_size_pipeline(work / "model")
+        write_full_size_pipeline(SD15, work / "model")
         record["make_random_pipeline_seconds"] = round(time.perf_counter() - tick, 1)
         out = Path(args.keep) if args.keep else work / "engines"
         command = [sys.executable, "-m", "resadapter_rt.cli", "build", "--model", str(work / "model"), "--resadapter", args.adapter,

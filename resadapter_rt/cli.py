@@ -157,15 +157,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _check_generation_args(args: argparse.Namespace) -> None:
-    from .runtime.schedulers import SCHEDULERS
+    from .runtime.schedulers import check_scheduler_name
     from .runtime.runners import check_backend
 
     from .runtime.pipeline import ResAdapterPipeline
 
     check_backend(args.backend)
     ResAdapterPipeline.check_seed(args.seed)
-    if args.scheduler not in SCHEDULERS:
-        raise ResAdapterRTError(f"unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    check_scheduler_name(args.scheduler)
     if args.alpha != "auto":
         from .models.merge import parse_alpha
 
@@ -208,7 +207,8 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, defaults: dict) -
     parser.add_argument("--prompt", default=defaults.get("prompt"), required="prompt" not in defaults, help="text prompt")
     parser.add_argument("--negative-prompt", help="negative prompt (default: none)")
     parser.add_argument("--steps", type=int, default=defaults.get("steps", 25), help="inference steps (default %(default)s)")
-    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="dpm++2m-karras | dpm++2m | euler | euler-a | ddim | lcm")
+    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+                        help="model (default: the scheduler saved with the model) | dpm++2m-karras | dpm++2m | euler | euler-a | ddim | lcm")
     parser.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7.0; <= 1 disables)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--alpha", default="auto", help="ResAdapter alpha for dynamic exports: a number in [0, 2] or auto")

@@ -117,14 +117,14 @@ def end_to_end_rows(export_dir: Path, size: tuple[int, int], steps: int, repeats
     from ..models.merge import merge_pipeline
     from ..models.components import load_components
     from ..runtime.pipeline import ResAdapterPipeline
-    from ..runtime.schedulers import make_scheduler
+    from ..runtime.schedulers import DEFAULT_SCHEDULER, make_scheduler
 
     manifest = read_manifest(export_dir)
     ours = ResAdapterPipeline.from_artifacts(export_dir)
     parts = load_components(manifest["sources"]["model"])
     alpha = manifest["alpha"] if manifest["alpha"] is not None else 1.0
     merged = merge_pipeline(parts, load_adapter(manifest["sources"]["resadapter"]["source"]), alpha)
-    reference = merged.to_diffusers(make_scheduler("dpm++2m-karras", dict(parts.scheduler.config)))
+    reference = merged.to_diffusers(make_scheduler(DEFAULT_SCHEDULER, dict(parts.scheduler.config)))
     reference.set_progress_bar_config(disable=True)
     width, height = size
     timing = interleaved({

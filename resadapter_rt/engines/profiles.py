@@ -129,8 +129,9 @@ class ResolutionProfile:
                 shapes["text_embeds"] = tuple((ub[i], dims["pooled_dim"]) for i in range(3))
                 shapes["time_ids"] = tuple((ub[i], 6) for i in range(3))
             return shapes
-        if component in ("text_encoder", "text_encoder_2"):
-            return {"input_ids": tuple((b[i], TOKEN_CHUNK) for i in range(3))}
+        if component in ("text_encoder", "text_encoder_2"):  # a long prompt runs one 77-token chunk per row
+            rows = (b[0], b[1] * (self.tokens[1] // TOKEN_CHUNK), b[2] * (self.tokens[2] // TOKEN_CHUNK))
+            return {"input_ids": tuple((rows[i], TOKEN_CHUNK) for i in range(3))}
         if component == "vae_decoder":
             return {"latent_sample": tuple((b[i], dims["latent_channels"], h[i], w[i]) for i in range(3))}
         raise ResAdapterRTError(f"no profile shapes for component {component!r}")

@@ -257,6 +257,8 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         part = getattr(components, name)
         if part is not None:
             part.save_pretrained(tmp / name)
+    if components.scheduler is not None:  # the runtime's default scheduler: the model's own
+        manifest["scheduler"] = {"class": type(components.scheduler).__name__, "config": "scheduler/scheduler_config.json"}
     if "text_encoder" in networks and components.vae is not None:  # a whole pipeline: loadable by optimum/diffusers
         write_loader_files(tmp, components, networks, sdxl)
         manifest["interop"] = interop_record(dynamic)

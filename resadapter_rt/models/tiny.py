@@ -189,3 +189,37 @@ def full_size_unet_config(family: ModelFamily, transformer_depth: int | None = N
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
     )
+
+
+def write_full_size_pipeline(family: ModelFamily, out: Path) -> None:
+    """The tiny pipeline's layout (tokenizers, scheduler) with full-size, random-weight UNet, text encoder(s) and VAE.
+
+    For memory and speed benchmarks: SD1.5 is 1.07 B parameters, SDXL 3.47 B (fp32: 4.3 / 13.9 GB on disk).
+    """
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def clip(hidden: int, layers: int, heads: int, act: str, projection: bool):
+        config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                                num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, projection_dim=hidden)
+        return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+    parts = {
+        "unet": lambda: UNet2DConditionModel(**full_size_unet_config(family)),
+        "text_encoder": lambda: clip(768, 12, 12, "quick_gelu", projection=False),
+        "vae": lambda: AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                     block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                                     sample_size=1024 if family is SDXL else 512,
+                                     scaling_factor=0.13025 if family is SDXL else 0.18215),
+    }
+    if family is SDXL:
+        parts["text_encoder_2"] = lambda: clip(1280, 32, 20, "gelu", projection=True)
+    shutil.copytree(tiny_pipeline_dir(family), out)
+    torch.manual_seed(SEED)
+    for name, make in parts.items():
+        shutil.rmtree(out / name)
+        network = make()
+        network.save_pretrained(out / name)
+        del network

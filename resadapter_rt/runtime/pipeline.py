@@ -18,6 +18,7 @@ from ..export.exporter import check_export_files, read_manifest
 from ..export.specs import ALPHA_INPUT, penultimate_hidden_state
 from ..engines.profiles import FAMILY_PIXEL_RANGE
 from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
+from .prompts import SEQUENCE, chunked_token_ids, chunks_needed, encode_chunks
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
@@ -175,6 +176,14 @@ class ResAdapterPipeline:
         if images_per_prompt < 1:
             raise ResAdapterRTError(f"num_images_per_prompt must be >= 1, got {images_per_prompt}")
 
+    def _check_tokens(self, tokens: int) -> None:
+        """Engine profiles fix the token range: a longer prompt needs a profile that covers it."""
+        if self.profiles is not None and not any(p.tokens[0] <= tokens <= p.tokens[2] for p in self.profiles):
+            covered = ", ".join(f"{p.tokens[0]}-{p.tokens[2]}" for p in self.profiles)
+            raise ResAdapterRTError(
+                f"the prompt needs {tokens} tokens ({tokens // SEQUENCE} chunks of 75) but the engine profiles cover {covered}; "
+                f"rebuild with e.g. `--profile <spec>,tokens=77-{tokens}`, or shorten the prompt")
+
     @staticmethod
     def check_seed(seed: int | None) -> None:
         """torch generators take seeds in [-2**63, 2**64 - 1]."""
@@ -185,7 +194,7 @@ class ResAdapterPipeline:
     def _check_steps(noise_scheduler: Any, name: str, steps: int) -> None:
         """Schedulers cap the step count (training timesteps; LCM: its original inference steps)."""
         limit = noise_scheduler.config.num_train_timesteps
-        if name == "lcm":
+        if type(noise_scheduler).__name__ == "LCMScheduler":
             limit = min(limit, noise_scheduler.config.original_inference_steps)
         if steps > limit:
             raise ResAdapterRTError(f"{steps} steps is more than the {name} scheduler supports here (at most {limit}); "
@@ -206,18 +215,27 @@ class ResAdapterPipeline:
         return parse_alpha(requested)
 
     # -- stages -------------------------------------------------------------------------------
-    def _tokens(self, tokenizer, texts: list[str]) -> torch.Tensor:
-        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids.to(torch.int32)
-
     def _encode(self, prompts: list[str], negatives: list[str] | None, cfg: bool):
-        """Text embeddings for [negative..., positive...] (CFG order of diffusers) and SDXL pooled embeds."""
+        """Text embeddings for [negative..., positive...] (CFG order of diffusers) and SDXL pooled embeds.
+
+        Prompts past 75 tokens are encoded in 75-token chunks (``prompts.py``); positive and negative get
+        the same number of chunks.
+        """
+        chunks = chunks_needed(self.tokenizers, prompts + (negatives or []))
+        self._check_tokens(chunks * SEQUENCE)
+
+        def encoder(index: int):
+            def encode(ids: torch.Tensor):
+                out = self.runners[("text_encoder", "text_encoder_2")[index]](input_ids=ids)
+                return (out[self.penultimate[index]], out.get("text_embeds")) if self.sdxl else (out["last_hidden_state"], None)
+            return encode
+
         def run(texts):
+            first, _ = encode_chunks(encoder(0), chunked_token_ids(self.tokenizers[0], texts, chunks))
             if not self.sdxl:
-                return self.runners["text_encoder"](input_ids=self._tokens(self.tokenizers[0], texts))["last_hidden_state"], None
-            first = self.runners["text_encoder"](input_ids=self._tokens(self.tokenizers[0], texts))
-            second = self.runners["text_encoder_2"](input_ids=self._tokens(self.tokenizers[-1], texts))
-            return torch.cat([first[self.penultimate[0]], second[self.penultimate[1]]], dim=-1), second["text_embeds"]
+                return first, None
+            second, pooled = encode_chunks(encoder(1), chunked_token_ids(self.tokenizers[1], texts, chunks))
+            return torch.cat([first, second], dim=-1), pooled
 
         embeds, pooled = run(prompts)
         if not cfg:
@@ -346,6 +364,7 @@ class ResAdapterPipeline:
         """What produced an image, for PNG metadata and logs."""
         return {"prompt": request.prompts[0], "negative_prompt": (request.negatives or [""])[0], "width": request.width,
                 "height": request.height, "steps": request.steps, "scheduler": request.scheduler,
+                "scheduler_class": type(request.noise_scheduler).__name__,
                 "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
                 "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family}
 

@@ -138,7 +138,7 @@ def test_generate_cli_writes_png_with_parameters(artifacts, tmp_path, capsys):
     (["--width", "2048"], "error: width 2048 px is outside what {dir} covers (128-1024 px per side, every multiple of 8); "
                           "choose a size in that range, or export a model whose adapter covers it"),
     (["--steps", "0"], "error: steps must be a positive integer, got 0"),
-    (["--scheduler", "plms"], "error: unknown scheduler 'plms'; choose one of dpm++2m-karras, dpm++2m, euler, euler-a, ddim, lcm"),
+    (["--scheduler", "plms"], "error: unknown scheduler 'plms'; choose one of model, dpm++2m-karras, dpm++2m, euler, euler-a, ddim, lcm"),
     (["--backend", "openvino"], "error: unknown backend 'openvino'; choose one of onnxruntime, torch, tensorrt, onnxruntime-tensorrt"),
     (["--guidance", "-1"], "error: guidance scale must be >= 0, got -1.0"),
     (["--prompt", "  "], "error: prompt is empty; pass the text to generate from"),

@@ -60,19 +60,24 @@ def run_measured(command: list[str], phase_of: Callable[[str], str | None], time
                 memory.phase = phase
                 phase_started.setdefault(phase, time.perf_counter() - start)
 
-    reader = threading.Thread(target=follow, daemon=True)
-    reader.start()
+    stdout_parts: list[str] = []
+    readers = [threading.Thread(target=follow, daemon=True),
+               threading.Thread(target=lambda: stdout_parts.append(child.stdout.read()), daemon=True)]
+    for reader in readers:
+        reader.start()
     stopped = False
     try:
-        stdout, _ = child.communicate(timeout=timeout)
+        child.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         import psutil
 
         for process in [*psutil.Process(child.pid).children(recursive=True), psutil.Process(child.pid)]:
             process.kill()
-        stdout, _ = child.communicate()
+        child.wait()
         stopped = True
-    reader.join()
+    for reader in readers:
+        reader.join()
+    stdout = "".join(stdout_parts)
     memory.done.set()
     memory.join()
     gib = 2**30

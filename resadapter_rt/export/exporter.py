@@ -26,9 +26,9 @@ from ..models.lora import read_lora_file
 from ..models.merge import merge_adapter, merge_loras, parse_alpha, parse_lora_spec
 from ..models.components import load_components
 from .interop import interop_record, write_loader_files
-from .graph import EXTERNAL_DATA_SUFFIX, cleanup, group_norm_counts, save
+from .graph import EXTERNAL_DATA_SUFFIX, cleanup, detach_weights, group_norm_counts, save
 from .ort_fusion import fuse_for_cuda
-from .precision import half_precision_copy
+from .precision import half_precision
 from .specs import (ComponentSpec, TextEncoderForExport, UNetForExport, VaeDecoderForExport, text_encoder_spec,
                          unet_spec, upsample_sizes_from_skips, vae_decoder_spec)
 from ..models.provenance import merge_record
@@ -82,29 +82,45 @@ def _export_one(module: nn.Module, spec: ComponentSpec, example: dict, path: Pat
         torch.onnx.export(module, args, str(raw / "model.onnx"), dynamo=False, opset_version=OPSET,
                           input_names=list(spec.inputs), output_names=list(spec.outputs),
                           dynamic_axes=spec.dynamic_axes, do_constant_folding=True)
-    model = onnx.load(str(raw / "model.onnx"))  # loads external tensors too, if torch wrote any
+    # Weights never pass through memory again: torch wrote them past 2 GB, the rest go to files one by one,
+    # the graph is cleaned without them and the final file is written by streaming them.
+    model = onnx.load(str(raw / "model.onnx"), load_external_data=False)
     before = group_norm_counts(model)
+    weight_bytes = detach_weights(model, raw)
     model = cleanup(model)
-    save(model, path)
+    save(model, path, raw, weight_bytes)
+    del model
     for item in raw.iterdir():
         item.unlink()
     raw.rmdir()
     return before
 
 
-def _validate(module: nn.Module, spec: ComponentSpec, path: Path, cases: Iterable[dict], limit: float) -> list[dict]:
-    """ONNX Runtime (CPU) against the fp32 PyTorch module on each case; max abs and relative error."""
+def _reference_outputs(module: nn.Module, spec: ComponentSpec, cases: Iterable[dict]) -> list[tuple[torch.Tensor, ...]]:
+    """The fp32 PyTorch module's outputs on each validation case (computed before its weights change or go)."""
+    outputs = []
+    for case in cases:
+        with torch.no_grad():
+            expected = module(*(case["inputs"][name] for name in spec.inputs))
+        outputs.append(expected if isinstance(expected, tuple) else (expected,))
+    return outputs
+
+
+def _release_weights(module: nn.Module) -> None:
+    """Free the parameters and buffers of a module this export owns (moved to the storage-less meta device)."""
+    module.to("meta")
+
+
+def _validate(spec: ComponentSpec, path: Path, cases: Iterable[dict], references: list, limit: float) -> list[dict]:
+    """ONNX Runtime (CPU) against the fp32 PyTorch outputs on each case; max abs and relative error."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     results = []
-    for case in cases:
+    for case, expected in zip(cases, references):
         inputs = case["inputs"]
-        with torch.no_grad():
-            expected = module(*(inputs[name] for name in spec.inputs))
-        expected = expected if isinstance(expected, tuple) else (expected,)
         try:
             actual = session.run(None, {k: v.numpy() for k, v in inputs.items()})
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -192,10 +208,8 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     # fp32 (a 320-channel 3x3 conv at latent 64^2: 89 s vs 0.38 s), so a half-precision copy is traced at a
     # small latent size: H/W stay dynamic, upsample sizes come from the skips, and validation runs elsewhere.
     size = 8 if options.dtype == "fp16" else components.family.training_size // 8
+    # The small components go first and the UNet last: each network's weights are freed once it is exported.
     jobs: list[tuple[nn.Module, ComponentSpec, dict, list[dict]]] = []
-    unet_module = UNetForExport(unet, sdxl, alpha_source).eval()
-    spec = unet_spec(unet, sdxl, dynamic)
-    jobs.append((unet_module, spec, spec.example(2, size, size), _unet_cases(spec, options.validation_sizes, dynamic)))
     for name in ("text_encoder", "text_encoder_2"):
         if name in networks:
             module = TextEncoderForExport(networks[name], all_hidden_states=sdxl, projected=(name == "text_encoder_2")).eval()
@@ -207,6 +221,9 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         jobs.append((vae, spec, spec.example(1, size // 2, size // 2),
                      [{"label": {"width": w, "height": h, "batch": b}, "inputs": spec.example(b, h // 8, w // 8, seed=i)}
                       for i, (w, h, b) in enumerate(options.validation_sizes[:2])]))
+    spec = unet_spec(unet, sdxl, dynamic)
+    jobs.append((UNetForExport(unet, sdxl, alpha_source).eval(), spec, spec.example(2, size, size),
+                 _unet_cases(spec, options.validation_sizes, dynamic)))
 
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "resadapter_rt_version": __version__,
@@ -222,8 +239,11 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         "force_zeros_for_empty_prompt": bool(components.force_zeros_for_empty_prompt),
         "components": {},
     }
-    for module, spec, example, cases in jobs:
+    while jobs:
+        module, spec, example, cases = jobs.pop(0)
         path = tmp / spec.name / "model.onnx"
+        progress(f"[export] {spec.name}: computing PyTorch reference outputs at {len(cases)} off-trace shapes ...")
+        references = _reference_outputs(module, spec, cases)
         tick = time.perf_counter()
         progress(f"[export] {spec.name}: tracing and writing ONNX ...")
         # fp16 covers the UNet (where the time goes) and the SD1.5 VAE decoder. SDXL's VAE overflows in
@@ -231,12 +251,14 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         half = spec.name == "unet" or (spec.name == "vae_decoder" and not sdxl)
         dtype = options.dtype if half else "fp32"
         with upsample_sizes_from_skips(unet):
-            traced = half_precision_copy(module) if dtype == "fp16" else module
-            before = _export_one(traced, spec, example, path)
-        del traced
+            if dtype == "fp16":
+                module = half_precision(module, inplace=True)
+            before = _export_one(module, spec, example, path)
+        _release_weights(module)
+        del module
         exported = time.perf_counter() - tick
         progress(f"[export] {spec.name}: validating against PyTorch at {len(cases)} off-trace shapes ...")
-        results = _validate(module, spec, path, cases, MAX_RELATIVE_ERROR[dtype])
+        results = _validate(spec, path, cases, references, MAX_RELATIVE_ERROR[dtype])
         fused = options.target == "cuda" and fuse_for_cuda(path, spec.name)  # validated above, pre-fusion
         after = group_norm_counts(onnx.load(str(path), load_external_data=False))
         manifest["components"][spec.name] = {

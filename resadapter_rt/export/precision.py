@@ -40,9 +40,13 @@ class Fp32Interface(nn.Module):
         return outputs.float()
 
 
-def half_precision_copy(module: nn.Module) -> nn.Module:
-    """A fp16 copy of ``module`` with fp32 GroupNorms and an fp32 interface; ``module`` is untouched."""
-    copied = copy.deepcopy(module)
+def half_precision(module: nn.Module, inplace: bool = False) -> nn.Module:
+    """``module`` in fp16 with fp32 GroupNorms behind an fp32 interface.
+
+    ``inplace`` converts ``module`` itself (its fp32 weights are freed as each is converted: an exporter
+    that owns the module never holds both precisions); otherwise a converted copy is returned.
+    """
+    copied = module if inplace else copy.deepcopy(module)
     for name, child in list(copied.named_modules()):
         if isinstance(child, nn.GroupNorm):
             parent_name, _, attr = name.rpartition(".")

@@ -86,12 +86,19 @@ def _default_export_dir(args: argparse.Namespace) -> Path:
     return Path("export") / f"{stem(args.model)}--{stem(args.resadapter)}--{alpha}--{args.target}"
 
 
+def _validation_sizes(args: argparse.Namespace) -> dict:
+    """ExportOptions' validation sizes when --validation-sizes was given (fewer sizes: faster full-size exports)."""
+    from .export.exporter import parse_validation_sizes
+
+    return {"validation_sizes": parse_validation_sizes(args.validation_sizes)} if args.validation_sizes else {}
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export.exporter import ExportOptions, export_pipeline
 
     out = Path(args.out) if args.out else _default_export_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
-                            dtype=args.dtype, target=args.target, config=args.config)
+                            dtype=args.dtype, target=args.target, config=args.config, **_validation_sizes(args))
     progress = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     manifest = export_pipeline(options, out, force=args.force, progress=progress)
     worst = max(r["relative_error"] for c in manifest["components"].values() for r in c["validation"])
@@ -171,6 +178,8 @@ def _check_generation_args(args: argparse.Namespace) -> None:
         parse_alpha(args.alpha)
 
 
+VALIDATION_SIZES_HELP = ("off-trace sizes the export is validated at against PyTorch (default 328x200x2,1000x600,280x1000,1008x288; "
+                         "the first also checks a 154-token prompt; the VAE decoder takes the first two); fewer make full-size exports faster")
 DEMO_SIZES = ((512, 512), (1000, 600), (328, 200), (384, 768))
 
 
@@ -232,7 +241,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     profiles += [ResolutionProfile.static(size) for size in args.static]
     out = Path(args.out) if args.out else _default_engine_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
-                            dtype=args.dtype, target="tensorrt", config=args.config).checked()
+                            dtype=args.dtype, target="tensorrt", config=args.config, **_validation_sizes(args)).checked()
     capabilities = parse_compute_capabilities(args.compute_capability) if args.compute_capability is not None else None
     flags = dict(precision=args.precision, optimization_level=args.opt_level, refittable=args.refittable,
                  strongly_typed=args.strongly_typed, compute_capabilities=capabilities, timing_cache=args.timing_cache)
@@ -315,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", default="fp32", help="fp32 (default) | fp16 (GroupNorm statistics and IO stay fp32; SDXL VAE stays fp32)")
     export.add_argument("--target", default="cpu", help="cpu | tensorrt | cuda: picks the GroupNorm form (default cpu)")
     export.add_argument("--out", help="output directory (default: export/<model>--<adapter>--<alpha>--<target>)")
+    export.add_argument("--validation-sizes", metavar="WxH[xB],...", help=VALIDATION_SIZES_HELP)
     export.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     export.set_defaults(handler=_cmd_export)
@@ -322,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="merge, export (kept inside the engine dir) and build TensorRT engines")
     _add_model_arguments(build)
     build.add_argument("--dtype", default="fp32", help="ONNX dtype of the kept export (default fp32)")
+    build.add_argument("--validation-sizes", metavar="WxH[xB],...", help=VALIDATION_SIZES_HELP)
     build.add_argument("--profile", action="append", default=[], metavar="SPEC",
                        help="MIN-MAX[@AMIN-AMAX][,opt=WxH][,batch=A-B][,tokens=A-B] (repeatable: one engine, several profiles); "
                             "default: the adapter's model-card preset")

@@ -43,6 +43,20 @@ MAX_RELATIVE_ERROR = {"fp32": 1e-3, "fp16": 2e-2}  # fp16 graphs are compared wi
 DTYPES = tuple(MAX_RELATIVE_ERROR)
 # Off-trace validation sizes in pixels (width, height, batch): a non-multiple of 64, aspect 0.28 and 3.5.
 VALIDATION_SIZES = ((328, 200, 2), (1000, 600, 1), (280, 1000, 1), (1008, 288, 1))
+
+
+def parse_validation_sizes(text: str) -> tuple[tuple[int, int, int], ...]:
+    """``328x200x2,1000x600`` -> ((328, 200, 2), (1000, 600, 1)): off-trace sizes (WxH[xBATCH]) to validate at."""
+    sizes = []
+    for part in text.split(","):
+        fields = part.strip().lower().split("x")
+        if len(fields) not in (2, 3) or not all(f.isdigit() and int(f) > 0 for f in fields):
+            raise ResAdapterRTError(f"--validation-sizes: {part.strip()!r} is not WIDTHxHEIGHT[xBATCH]; "
+                                    f"write e.g. 328x200x2,1000x600 (default {','.join('x'.join(map(str, s)) for s in VALIDATION_SIZES)})")
+        sizes.append((int(fields[0]), int(fields[1]), int(fields[2]) if len(fields) == 3 else 1))
+    return tuple(sizes)
+
+
 MANIFEST_FORMAT = "resadapter-rt/export"
 MANIFEST_VERSION = 2  # 2: text encoders take int32 input_ids and use optimum's output names
 

@@ -93,6 +93,11 @@ CASES = [
     ("export-out-file", lambda r, g: (r / "afile").write_text("x"), ["export", *TINY, "--out", "afile", "-q"],
      "afile: exists and is not a directory"),
     ("export-dtype", None, ["export", *TINY, "--dtype", "fp64", "--out", "o", "-q"], "unknown dtype 'fp64'; choose fp32 or fp16"),
+    ("export-validation-sizes", None, ["export", *TINY, "--validation-sizes", "328x200x2,1000", "--out", "o", "-q"],
+     "--validation-sizes: '1000' is not WIDTHxHEIGHT[xBATCH]; write e.g. 328x200x2,1000x600 "
+     "(default 328x200x2,1000x600x1,280x1000x1,1008x288x1)"),
+    ("export-validation-odd", None, ["export", *TINY, "--validation-sizes", "330x200", "--out", "o", "-q"],
+     "validation size 330x200 is not a multiple of 8 px"),
     ("export-target", None, ["export", *TINY, "--target", "tpu", "--out", "o", "-q"], "unknown target 'tpu'"),
     ("export-user-dir", lambda r, g: user_dir(r), ["export", *TINY, "--out", "mydata", "--force", "-q"],
      "was not created by resadapter-rt, so it is left alone"),

@@ -120,6 +120,12 @@ def _reference_outputs(module: nn.Module, spec: ComponentSpec, cases: Iterable[d
     return outputs
 
 
+def _shares_weights(module: nn.Module, others: Iterable[nn.Module]) -> bool:
+    """Whether any of ``others`` holds one of ``module``'s parameters (e.g. the VAE's decoder and encoder)."""
+    mine = {id(p) for p in module.parameters()}
+    return any(id(p) in mine for other in others for p in other.parameters())
+
+
 def _release_weights(module: nn.Module) -> None:
     """Free the parameters and buffers of a module this export owns (moved to the storage-less meta device)."""
     module.to("meta")
@@ -264,11 +270,13 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         # fp16 (black/NaN images) and the text encoders run once per prompt: they stay fp32.
         half = spec.name == "unet" or (spec.name == "vae_decoder" and not sdxl)
         dtype = options.dtype if half else "fp32"
+        owned = not _shares_weights(module, [job[0] for job in jobs])  # no later job needs these weights
         with upsample_sizes_from_skips(unet):
             if dtype == "fp16":
-                module = half_precision(module, inplace=True)
+                module = half_precision(module, inplace=owned)
             before = _export_one(module, spec, example, path)
-        _release_weights(module)
+        if owned:
+            _release_weights(module)
         del module
         exported = time.perf_counter() - tick
         progress(f"[export] {spec.name}: validating against PyTorch at {len(cases)} off-trace shapes ...")

@@ -92,3 +92,11 @@ def test_in_place_half_precision_converts_the_module_itself():
     assert converted.module is unet
     norms = {id(p) for m in unet.modules() if isinstance(m, Fp32GroupNorm) for p in m.parameters()}
     assert norms and all((p.dtype == torch.float32) == (id(p) in norms) for p in unet.parameters())
+
+
+def test_weights_shared_with_a_later_component_are_kept():
+    from resadapter_rt.export.exporter import _shares_weights
+
+    shared, other = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert _shares_weights(torch.nn.Sequential(shared), [torch.nn.Sequential(other), torch.nn.Sequential(shared)])
+    assert not _shares_weights(torch.nn.Sequential(shared), [torch.nn.Sequential(other)])

@@ -1,7 +1,8 @@
 """The Ray Serve application: an Open Inference Protocol ingress in front of ``ResAdapterModel`` replicas.
 
-``OpenInferenceIngress`` (one replica, FastAPI) speaks the protocol, enforces the deadline, maps
-Ray Serve's back-pressure to 503 and keeps the Prometheus metrics (``GET /metrics``).
+``OpenInferenceIngress`` (one replica, FastAPI) speaks the protocol, bounds the requests in the
+server (replicas x 2 x max batch size held by the replicas, plus ``--max-queue`` waiting; beyond: 503
+at once), enforces the deadline and keeps the Prometheus metrics (``GET /metrics``).
 ``ResAdapterModel`` replicas each hold a ``ResAdapterPipeline``, finish a warm-up generation before
 Ray marks them running, check requests (400 with the CLI's message) and batch them.
 """
@@ -52,7 +53,8 @@ class ResAdapterModel:
         return self.pipe.prepare(
             get("prompt"), get("height", self.training_size), get("width", self.training_size),
             get("steps", GENERATION_DEFAULTS["steps"]), get("guidance_scale", GENERATION_DEFAULTS["guidance_scale"]),
-            get("negative_prompt"), get("seed", GENERATION_DEFAULTS["seed"]), None, 1, get("resadapter_alpha", "auto"),
+            get("negative_prompt"), get("seed", GENERATION_DEFAULTS["seed"]), None, 1,
+            str(get("resadapter_alpha", "auto")),  # as the CLI's --alpha text, so errors read the same
             get("scheduler", DEFAULT_SCHEDULER))
 
     async def generate(self, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -106,8 +108,9 @@ def _error(status: int, message: str) -> Response:
 class OpenInferenceIngress:
     """The HTTP face: KServe v2 health, metadata and infer for the model ``resadapter``."""
 
-    def __init__(self, model: DeploymentHandle, timeout: float, backend: str) -> None:
-        self.model, self.timeout, self.backend = model, timeout, backend
+    def __init__(self, model: DeploymentHandle, timeout: float, backend: str, max_in_flight: int) -> None:
+        self.model, self.timeout, self.backend, self.max_in_flight = model, timeout, backend, max_in_flight
+        self.in_flight = 0  # accepted, not yet answered (this ingress is the only one: the count is the server's)
         self.metrics = _Metrics()
 
     async def _replicas_running(self) -> int:
@@ -147,26 +150,25 @@ class OpenInferenceIngress:
 
     @api.post(f"/v2/models/{MODEL_NAME}/infer")
     async def infer(self, request: Request) -> Response:
-        from ray.serve.exceptions import BackPressureError
-
         started, metrics = time.perf_counter(), self.metrics
         try:
             parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH))
         except ResAdapterRTError as exc:
             metrics.requests.labels("bad_request").inc()
             return _error(400, str(exc))
+        if self.in_flight >= self.max_in_flight:
+            metrics.requests.labels("queue_full").inc()
+            return _error(503, f"the queue is full ({self.in_flight} requests in the server, --max-queue reached); retry later")
         deadline = min(t for t in (self.timeout, parsed.timeout_s) if t is not None)
+        self.in_flight += 1
+        metrics.queue_depth.set(self.in_flight)
         response = self.model.generate.remote(parsed.parameters)
-        metrics.queue_depth.inc()
         try:
             result = await asyncio.wait_for(response, deadline)
         except asyncio.TimeoutError:
             response.cancel()
             metrics.requests.labels("timeout").inc()
             return _error(504, f"the deadline of {deadline:g} s passed before the image was ready; the request was dropped")
-        except BackPressureError:
-            metrics.requests.labels("queue_full").inc()
-            return _error(503, "the queue is full (--max-queue); retry later")
         except asyncio.CancelledError:  # the client disconnected: Ray Serve cancels this handler
             response.cancel()
             metrics.requests.labels("cancelled").inc()
@@ -178,7 +180,8 @@ class OpenInferenceIngress:
             metrics.requests.labels(outcome).inc()
             return _error(status, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}")
         finally:
-            metrics.queue_depth.dec()
+            self.in_flight -= 1
+            metrics.queue_depth.set(self.in_flight)
         if "error" in result:
             metrics.requests.labels("bad_request").inc()
             return _error(400, result["error"])
@@ -191,11 +194,11 @@ class OpenInferenceIngress:
 
 def build_app(options: ServeOptions) -> serve.Application:
     """The application for checked ``options``: ``options.replicas`` model replicas behind one ingress."""
-    model = ResAdapterModel.options(
-        num_replicas=options.replicas, max_ongoing_requests=2 * options.max_batch_size,
-        max_queued_requests=options.max_queue, ray_actor_options=options.replica_resources,
-    ).bind(options.artifacts, options.backend, options.max_batch_size)
-    return OpenInferenceIngress.bind(model, options.timeout, options.backend)
+    held = 2 * options.max_batch_size  # per replica: one batch generating, the next one forming
+    model = ResAdapterModel.options(num_replicas=options.replicas, max_ongoing_requests=held,
+                                    ray_actor_options=options.replica_resources,
+                                    ).bind(options.artifacts, options.backend, options.max_batch_size)
+    return OpenInferenceIngress.bind(model, options.timeout, options.backend, options.replicas * held + options.max_queue)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
@@ -204,16 +207,16 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 
 
 @contextmanager
-def serving(options: ServeOptions, num_cpus: int | None = None) -> Iterator[str]:
+def serving(options: ServeOptions, num_cpus: int | None = None, quiet: bool = True) -> Iterator[str]:
     """Ray (local, or joined at ``options.address``), Serve's HTTP proxy and the application, shut down on exit.
 
-    Yields the base URL once at least one replica finished its warm-up.
+    Yields the base URL once the replicas finished their warm-up. ``quiet``: replica logs stay in Ray's log files.
     """
     import ray
 
     joined = options.address is not None
     ray.init(address=options.address, num_cpus=None if joined else num_cpus, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False)
+             logging_level=logging.WARNING, log_to_driver=not quiet)
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(build_app(options), name=APP_NAME, route_prefix="/")
@@ -226,3 +229,18 @@ def serving(options: ServeOptions, num_cpus: int | None = None) -> Iterator[str]
                 serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def serve_forever(options: ServeOptions) -> int:
+    """``resadapter-rt serve``: run until interrupted, then shut Serve (and a local Ray) down."""
+    import sys
+
+    with serving(options, quiet=False) as url:
+        print(f"serving {options.artifacts} ({options.backend}, {options.replicas} replica(s)) at {url}: "
+              f"Open Inference Protocol model {MODEL_NAME!r}, metrics at {url}/metrics; Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping ...", file=sys.stderr, flush=True)
+    return 0

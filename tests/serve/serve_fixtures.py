@@ -63,3 +63,39 @@ def cli_image(artifacts: Path, tmp_path: Path, capsys, **parameters) -> np.ndarr
     result = run_main(argv, capsys)
     assert result.returncode == 0, result.stderr
     return np.asarray(Image.open(out).convert("RGB"))
+
+
+def infer_json(url: str, parameters: dict, timeout_us: int | None = None, wait: float = 300) -> tuple[int, dict, float]:
+    """POST a JSON infer request of ``parameters`` (protocol input names); (HTTP status, body, seconds)."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    types = {str: "BYTES", int: "INT64", float: "FP32"}
+    body = {"inputs": [{"name": k, "shape": [1], "datatype": types[type(v)], "data": [v]} for k, v in parameters.items()]}
+    if timeout_us is not None:
+        body["parameters"] = {"timeout": timeout_us}
+    request = urllib.request.Request(f"{url}/v2/models/resadapter/infer", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=wait) as response:
+            status, payload = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, payload = exc.code, exc.read()
+    return status, json.loads(payload), time.perf_counter() - started
+
+
+def replica_stats(expected: int = 2, attempts: int = 40) -> dict[int, dict]:
+    """``ResAdapterModel.stats`` of every replica, by process id (calls until ``expected`` replicas answered)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("ResAdapterModel", app_name="resadapter")
+    seen: dict[int, dict] = {}
+    for _ in range(attempts):
+        for stats in [r.result(timeout_s=60) for r in [handle.stats.remote() for _ in range(4)]]:
+            seen[stats["pid"]] = stats
+        if len(seen) >= expected:
+            break
+    return seen

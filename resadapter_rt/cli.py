@@ -279,6 +279,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve_forever(options)
 
 
+def _cmd_triton_repo(args: argparse.Namespace) -> int:
+    from .serve.triton_repo import write_triton_repository
+
+    models = write_triton_repository(Path(args.directory), Path(args.out), force=args.force)
+    print(f"Triton model repository in {args.out}: {', '.join(models)}")
+    return 0
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """Usage mistakes as one ``error:`` line (exit 2) naming the help to read, like every other bad input."""
 
@@ -389,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=300.0, help="per-request deadline in seconds; beyond: HTTP 504 (default 300)")
     serve.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local Ray")
     serve.set_defaults(handler=_cmd_serve)
+
+    triton = commands.add_parser("triton-repo", help="write a Triton Inference Server model repository (one model per "
+                                 "component + a python-backend BLS pipeline model)")
+    triton.add_argument("directory", help="export or engine directory")
+    triton.add_argument("--out", required=True, help="new repository directory")
+    triton.add_argument("--force", action="store_true", help="replace a repository this tool wrote")
+    triton.set_defaults(handler=_cmd_triton_repo)
     return parser
 
 

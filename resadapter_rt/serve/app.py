@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from .. import __version__
 from ..errors import ResAdapterRTError
-from .options import GENERATION_DEFAULTS, ServeOptions
+from .options import ServeOptions
 from .protocol import HEADER_LENGTH, MODEL_NAME, encode_infer_response, error_body, model_metadata, parse_infer_request
 
 APP_NAME = "resadapter"
@@ -37,38 +37,27 @@ class ResAdapterModel:
 
     def __init__(self, artifacts: str, backend: str, max_batch_size: int) -> None:
         from ..runtime.pipeline import ResAdapterPipeline
-        from .batching import Batcher, generate_batch
+        from .batching import Batcher, generate_batch, prepare_request
 
         self.pipe = ResAdapterPipeline.from_artifacts(artifacts, backend=backend)
-        self.training_size = int(self.pipe.manifest["training_size"])
         # warm-up: Ray counts this replica as running (and readiness true) only after it
-        generate_batch(self.pipe, [self._prepare({"prompt": "warm-up", "steps": WARMUP_STEPS})])
+        generate_batch(self.pipe, [prepare_request(self.pipe, {"prompt": "warm-up", "steps": WARMUP_STEPS})])
         self.batcher = Batcher(self.pipe, max_batch_size)
-
-    def _prepare(self, parameters: dict[str, Any]):
-        """A checked request with the CLI's defaults for what was left out."""
-        from ..runtime.schedulers import DEFAULT_SCHEDULER
-
-        get = parameters.get
-        return self.pipe.prepare(
-            get("prompt"), get("height", self.training_size), get("width", self.training_size),
-            get("steps", GENERATION_DEFAULTS["steps"]), get("guidance_scale", GENERATION_DEFAULTS["guidance_scale"]),
-            get("negative_prompt"), get("seed", GENERATION_DEFAULTS["seed"]), None, 1,
-            str(get("resadapter_alpha", "auto")),  # as the CLI's --alpha text, so errors read the same
-            get("scheduler", DEFAULT_SCHEDULER))
 
     async def generate(self, parameters: dict[str, Any]) -> dict[str, Any]:
         """``{"image": uint8 [H, W, 3], "stats": {...}}``, or ``{"error": one line}`` for bad parameters."""
+        from .batching import prepare_request
+
         try:
-            request = self._prepare(parameters)
+            request = prepare_request(self.pipe, parameters)
         except ResAdapterRTError as exc:
             return {"error": str(exc)}
         image, stats = await self.batcher.submit(request)
         return {"image": image, "stats": stats}
 
     def stats(self) -> dict[str, int]:
-        """This replica's process id and how many jobs it dropped (their callers were gone)."""
-        return {"pid": os.getpid(), "dropped": self.batcher.dropped}
+        """This replica's process id, its jobs in hand, and how many it dropped (their callers were gone)."""
+        return {"pid": os.getpid(), "active": self.batcher.active, "dropped": self.batcher.dropped}
 
 
 class _Metrics:

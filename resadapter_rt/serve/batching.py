@@ -22,6 +22,21 @@ import torch
 from ..runtime.pipeline import Conditioning, GenerationRequest, ResAdapterPipeline, Timings
 
 
+def prepare_request(pipe: ResAdapterPipeline, parameters: dict[str, Any]) -> GenerationRequest:
+    """A checked request from protocol inputs, with ``resadapter-rt generate``'s defaults for what was left out
+    (width and height default to the model's training size)."""
+    from ..runtime.schedulers import DEFAULT_SCHEDULER
+    from .options import GENERATION_DEFAULTS
+
+    get, size = parameters.get, int(pipe.manifest["training_size"])
+    return pipe.prepare(
+        get("prompt"), get("height", size), get("width", size), get("steps", GENERATION_DEFAULTS["steps"]),
+        get("guidance_scale", GENERATION_DEFAULTS["guidance_scale"]), get("negative_prompt"),
+        get("seed", GENERATION_DEFAULTS["seed"]), None, 1,
+        str(get("resadapter_alpha", "auto")),  # as the CLI's --alpha text, so errors read the same
+        get("scheduler", DEFAULT_SCHEDULER))
+
+
 class BatchDropped(Exception):
     """Every caller of a running batch is gone; the batch stopped early."""
 
@@ -85,6 +100,7 @@ class Batcher:
         self.wake = asyncio.Event()
         self.worker: asyncio.Task | None = None
         self.dropped = 0  # jobs abandoned before or while they ran
+        self.active = 0  # jobs submitted and not yet answered or dropped
 
     async def submit(self, request: GenerationRequest) -> tuple[np.ndarray, dict[str, Any]]:
         """The image for ``request`` and stats of the batch it ran in; cancelling the caller drops the job."""
@@ -94,7 +110,11 @@ class Batcher:
         if self.worker is None or self.worker.done():
             self.worker = loop.create_task(self._work())
         self.wake.set()
-        return await job.future  # a cancelled caller cancels the future: the worker then skips the job
+        self.active += 1
+        try:
+            return await job.future  # a cancelled caller cancels the future: the worker then skips the job
+        finally:
+            self.active -= 1
 
     def _take_group(self) -> list[Job]:
         live = [j for j in self.pending if not j.future.done()]

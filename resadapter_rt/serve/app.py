@@ -139,6 +139,9 @@ class OpenInferenceIngress:
 
     @api.post(f"/v2/models/{MODEL_NAME}/infer")
     async def infer(self, request: Request) -> Response:
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
         started, metrics = time.perf_counter(), self.metrics
         try:
             parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH))
@@ -162,12 +165,15 @@ class OpenInferenceIngress:
             response.cancel()
             metrics.requests.labels("cancelled").inc()
             raise
-        except Exception as exc:  # a replica died or failed: the others keep serving
-            log.warning("infer failed: %s", exc)
-            outcome, status = ("unavailable", 503) if "Actor" in type(exc).__name__ or "Unavailable" in type(exc).__name__ \
-                else ("error", 500)
-            metrics.requests.labels(outcome).inc()
-            return _error(status, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}")
+        except (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError) as exc:  # its replica died
+            metrics.requests.labels("unavailable").inc()
+            return _error(503, f"the replica serving this request stopped ({type(exc).__name__}); retry: the others "
+                               "keep serving and Ray restarts it")
+        except Exception as exc:  # a failed generation fails its request, not the server
+            log.exception("infer failed")
+            metrics.requests.labels("error").inc()
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            return _error(500, f"unexpected {type(exc).__name__}: {first} (a bug in resadapter-rt: see the replica's log)")
         finally:
             self.in_flight -= 1
             metrics.queue_depth.set(self.in_flight)

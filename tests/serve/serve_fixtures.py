@@ -27,11 +27,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory) -> Path:
+    """One export per test session, whichever module asks first (each importing module gets its own fixture)."""
     from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 
-    root = tmp_path_factory.mktemp("serve") / "tiny-sd15"
-    export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic", validation_sizes=((128, 128, 1),)),
-                    root, progress=quiet)
+    root = tmp_path_factory.getbasetemp() / "serve-tiny-sd15"
+    if not (root / "manifest.json").is_file():
+        export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic",
+                                      validation_sizes=((128, 128, 1),)), root, progress=quiet)
     return root
 
 

@@ -253,3 +253,15 @@ def test_serve_deploy_config_example_builds_the_application(tiny_export):
     args = {**application.args, "artifacts": str(tiny_export), "backend": "onnxruntime"}
     app = builder(args)
     assert type(app).__name__ == "Application"
+
+
+def test_prometheus_metrics(server):
+    ok_before = metric(server, 'resadapter_requests_total{outcome="ok"}')
+    latencies_before = metric(server, "resadapter_request_latency_seconds_count")
+    assert infer_json(server, dict(prompt="counted", width=128, height=128, steps=2))[0] == 200
+    assert infer_json(server, dict(prompt="counted", width=100, height=128, steps=2))[0] == 400
+    assert metric(server, 'resadapter_requests_total{outcome="ok"}') == ok_before + 1
+    assert metric(server, 'resadapter_requests_total{outcome="bad_request"}') >= 1
+    assert metric(server, "resadapter_request_latency_seconds_count") == latencies_before + 1
+    assert metric(server, "resadapter_unet_steps_per_second") > 0
+    assert metric(server, "resadapter_queue_depth") == 0

@@ -213,6 +213,10 @@ def serving(options: ServeOptions, num_cpus: int | None = None, quiet: bool = Tr
     ray.init(address=options.address, num_cpus=None if joined else num_cpus, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=not quiet)
     try:
+        gpus, needed = ray.cluster_resources().get("GPU", 0), options.replica_resources.get("num_gpus", 0)
+        if not joined and gpus < needed:  # Ray would wait for a GPU forever
+            raise ResAdapterRTError(f"backend {options.backend} runs each replica on a GPU, and this machine has none for Ray; "
+                                    "use --backend onnxruntime, or --address to join a Ray cluster with GPUs")
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(build_app(options), name=APP_NAME, route_prefix="/")
         yield f"http://{options.host}:{options.port}"

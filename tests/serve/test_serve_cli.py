@@ -64,3 +64,16 @@ def test_serve_command_serves_and_stops_cleanly_on_ctrl_c(tiny_export):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_gpu_backend_without_a_gpu_is_one_line_not_a_hang(tmp_path, monkeypatch, capsys, tiny_export):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_bad_input_touches_nothing(tmp_path, ["serve", "--artifacts", str(tiny_export), "--backend", "onnxruntime-tensorrt",
+                                                "--port", str(free_port())],
+                                     "backend onnxruntime-tensorrt runs each replica on a GPU, and this machine has none", monkeypatch, capsys)
+    import ray
+
+    assert not ray.is_initialized()

@@ -81,7 +81,7 @@ def generate_batch(pipe: ResAdapterPipeline, requests: list[GenerationRequest],
     return BatchResult(images=images, unet_seconds=sum(timings.unet_steps), steps=len(timings.unet_steps))
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are distinct by identity
 class Job:
     request: GenerationRequest
     future: asyncio.Future

@@ -201,6 +201,17 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     return build_app(ServeOptions(**args).checked())
 
 
+def _check_local_resources(options: ServeOptions, available: dict[str, float]) -> None:
+    for resource, per_replica in (("GPU", options.replica_resources.get("num_gpus", 0)),
+                                  ("CPU", options.replica_resources["num_cpus"])):
+        needed = options.replicas * per_replica
+        if available.get(resource, 0) < needed:
+            fix = "use --backend onnxruntime, or" if resource == "GPU" else "use fewer --replicas, or"
+            raise ResAdapterRTError(f"--backend {options.backend} with --replicas {options.replicas} needs {needed:g} {resource}(s) "
+                                    f"(one per replica); this machine has {available.get(resource, 0):g} for Ray; {fix} "
+                                    f"--address to join a Ray cluster that has them")
+
+
 @contextmanager
 def serving(options: ServeOptions, num_cpus: int | None = None, quiet: bool = True) -> Iterator[str]:
     """Ray (local, or joined at ``options.address``), Serve's HTTP proxy and the application, shut down on exit.
@@ -213,10 +224,8 @@ def serving(options: ServeOptions, num_cpus: int | None = None, quiet: bool = Tr
     ray.init(address=options.address, num_cpus=None if joined else num_cpus, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=not quiet)
     try:
-        gpus, needed = ray.cluster_resources().get("GPU", 0), options.replica_resources.get("num_gpus", 0)
-        if not joined and gpus < needed:  # Ray would wait for a GPU forever
-            raise ResAdapterRTError(f"backend {options.backend} runs each replica on a GPU, and this machine has none for Ray; "
-                                    "use --backend onnxruntime, or --address to join a Ray cluster with GPUs")
+        if not joined:  # a local Ray would wait forever for resources it does not have
+            _check_local_resources(options, ray.cluster_resources())
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(build_app(options), name=APP_NAME, route_prefix="/")
         yield f"http://{options.host}:{options.port}"

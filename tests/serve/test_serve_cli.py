@@ -73,7 +73,8 @@ def test_gpu_backend_without_a_gpu_is_one_line_not_a_hang(tmp_path, monkeypatch,
         pytest.skip("this machine has a GPU")
     assert_bad_input_touches_nothing(tmp_path, ["serve", "--artifacts", str(tiny_export), "--backend", "onnxruntime-tensorrt",
                                                 "--port", str(free_port())],
-                                     "backend onnxruntime-tensorrt runs each replica on a GPU, and this machine has none", monkeypatch, capsys)
+                                     "--backend onnxruntime-tensorrt with --replicas 1 needs 1 GPU(s) (one per replica); this machine has 0 for Ray",
+                                     monkeypatch, capsys)
     import ray
 
     assert not ray.is_initialized()

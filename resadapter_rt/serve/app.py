@@ -240,15 +240,18 @@ def serving(options: ServeOptions, num_cpus: int | None = None, quiet: bool = Tr
 
 
 def serve_forever(options: ServeOptions) -> int:
-    """``resadapter-rt serve``: run until interrupted, then shut Serve (and a local Ray) down."""
+    """``resadapter-rt serve``: run until Ctrl-C (exit 0), then shut Serve (and a local Ray) down; Ctrl-C while
+    starting exits 130."""
     import sys
 
-    with serving(options, quiet=False) as url:
-        print(f"serving {options.artifacts} ({options.backend}, {options.replicas} replica(s)) at {url}: "
-              f"Open Inference Protocol model {MODEL_NAME!r}, metrics at {url}/metrics; Ctrl-C stops", flush=True)
-        try:
+    started = False
+    try:
+        with serving(options, quiet=False) as url:
+            print(f"serving {options.artifacts} ({options.backend}, {options.replicas} replica(s)) at {url}: "
+                  f"Open Inference Protocol model {MODEL_NAME!r}, metrics at {url}/metrics; Ctrl-C stops", flush=True)
+            started = True
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping ...", file=sys.stderr, flush=True)
-    return 0
+    except KeyboardInterrupt:
+        print("stopped" if started else "error: interrupted while starting; the server was shut down", file=sys.stderr)
+        return 0 if started else 130

@@ -6,8 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
 import urllib.request
 
 import psutil
@@ -42,22 +42,23 @@ def test_serve_command_serves_and_stops_cleanly_on_ctrl_c(tiny_export):
                                "--port", str(port), "--max-batch-size", "2"], env=environment,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/v2/health/ready", timeout=10).status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(1)
-        else:
-            pytest.fail("the server did not become ready")
+        announced = f"at {url}: Open Inference Protocol model 'resadapter'"
+        while not any(announced in line for line in lines):  # printed once serve.run returned
+            assert time.monotonic() < deadline and server.poll() is None, "".join(lines)
+            time.sleep(0.5)
+        assert urllib.request.urlopen(f"{url}/v2/health/ready", timeout=30).status == 200
         assert infer_json(url, dict(prompt="from the CLI", width=128, height=128, steps=2))[0] == 200
         tree = psutil.Process(server.pid).children(recursive=True)
         server.send_signal(signal.SIGINT)
-        output, _ = server.communicate(timeout=120)
-        assert server.returncode == 0, output
-        assert f"at {url}: Open Inference Protocol model 'resadapter'" in output
+        server.wait(timeout=120)
+        reader.join(timeout=30)
+        assert server.returncode == 0, "".join(lines)
+        assert "stopped" in "".join(lines)
         _, alive = psutil.wait_procs(tree, timeout=30)
         assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
     finally:

@@ -192,7 +192,7 @@ def test_killed_replica_is_restarted_while_the_other_serves(server):
     before = replica_stats()
     victim = next(iter(before))
     os.kill(victim, signal.SIGKILL)
-    time.sleep(1.0)  # Ray's health check (every 1 s) notices the death
+    assert wait_for(lambda: running_replicas() < 2, timeout=30, every=0.2), "Ray did not notice the death"
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda i: infer_json(server, dict(prompt="meanwhile", width=128, height=128, steps=2, seed=i)), range(4)))
     assert [status for status, _, _ in answers] == [200] * 4, answers

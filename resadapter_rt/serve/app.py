@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from .. import __version__
 from ..errors import ResAdapterRTError
 from .options import ServeOptions
-from .protocol import HEADER_LENGTH, MODEL_NAME, encode_infer_response, error_body, model_metadata, parse_infer_request
+from .protocol import HEADER_LENGTH, MODEL_NAME, MODEL_VERSION, encode_infer_response, error_body, model_metadata, parse_infer_request
 
 APP_NAME = "resadapter"
 MODEL_DEPLOYMENT = "ResAdapterModel"
@@ -124,10 +124,12 @@ class OpenInferenceIngress:
         return {"name": "resadapter-rt", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @api.get(f"/v2/models/{MODEL_NAME}")
+    @api.get(f"/v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}")
     async def metadata(self) -> dict:
         return model_metadata(f"resadapter-rt/{self.backend}")
 
     @api.get(f"/v2/models/{MODEL_NAME}/ready")
+    @api.get(f"/v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}/ready")
     async def model_ready(self) -> Response:
         return await self.ready()
 
@@ -138,6 +140,7 @@ class OpenInferenceIngress:
         return Response(content=generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.post(f"/v2/models/{MODEL_NAME}/infer")
+    @api.post(f"/v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}/infer")
     async def infer(self, request: Request) -> Response:
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError

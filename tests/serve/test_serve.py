@@ -61,6 +61,13 @@ def test_health_and_metadata(client):
         "prompt": "BYTES", "negative_prompt": "BYTES", "width": "INT64", "height": "INT64", "steps": "INT64",
         "seed": "INT64", "guidance_scale": "FP32", "resadapter_alpha": "FP32", "scheduler": "BYTES"}
     assert metadata["outputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, 3]}]
+    assert client.get_model_metadata("resadapter", model_version="1") == metadata
+    assert client.is_model_ready("resadapter", model_version="1")
+
+
+def test_versioned_infer_path(client):
+    result = client.infer("resadapter", infer_inputs(prompt="versioned", width=128, height=128, steps=2), model_version="1")
+    assert result.as_numpy("image").shape == (128, 128, 3)
 
 
 BAD = [  # (CLI flags, the same as protocol inputs)

@@ -275,6 +275,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if record else 1
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import require_serving_libraries
+    from .serve.options import ServeOptions
+
+    options = ServeOptions(artifacts=args.artifacts, backend=args.backend, host=args.host, port=args.port, replicas=args.replicas,
+                           max_batch_size=args.max_batch_size, max_queue=args.max_queue, timeout=args.timeout,
+                           address=args.address).checked()
+    require_serving_libraries()
+    from .serve.app import serve_forever
+
+    return serve_forever(options)
+
+
+def _cmd_triton_repo(args: argparse.Namespace) -> int:
+    from .serve.triton_repo import write_triton_repository
+
+    models = write_triton_repository(Path(args.directory), Path(args.out), force=args.force)
+    print(f"Triton model repository in {args.out}: {', '.join(models)}")
+    return 0
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """Usage mistakes as one ``error:`` line (exit 2) naming the help to read, like every other bad input."""
 
@@ -375,6 +396,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="outputs", help="where the PNGs go (default outputs/)")
     _add_generation_arguments(demo, {"prompt": "a watercolor fox in a misty forest", "steps": 8})
     demo.set_defaults(handler=_cmd_demo)
+
+    serve = commands.add_parser("serve", help="serve an export over the Open Inference Protocol (KServe v2 HTTP) on Ray Serve")
+    serve.add_argument("--artifacts", required=True, help="export or engine directory")
+    serve.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) | torch | tensorrt | onnxruntime-tensorrt")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default %(default)s)")
+    serve.add_argument("--replicas", type=int, default=1, help="model replicas, one GPU each for GPU backends (default 1)")
+    serve.add_argument("--max-batch-size", type=int, default=4, help="equal requests per UNet batch (default 4)")
+    serve.add_argument("--max-queue", type=int, default=32, help="requests waiting for a replica; beyond: HTTP 503 (default 32)")
+    serve.add_argument("--timeout", type=float, default=300.0, help="per-request deadline in seconds; beyond: HTTP 504 (default 300)")
+    serve.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local Ray")
+    serve.set_defaults(handler=_cmd_serve)
+
+    triton = commands.add_parser("triton-repo", help="write a Triton Inference Server model repository (one model per "
+                                 "component + a python-backend BLS pipeline model)")
+    triton.add_argument("directory", help="export or engine directory")
+    triton.add_argument("--out", required=True, help="new repository directory")
+    triton.add_argument("--force", action="store_true", help="replace a repository this tool wrote")
+    triton.set_defaults(handler=_cmd_triton_repo)
     return parser
 
 

@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "resadapter_rt"
 # Each stage may import the stages listed before it (and the shared top-level modules).
-STAGES = ["models", "training", "export", "engines", "kernels", "runtime", "bench"]
+STAGES = ["models", "training", "export", "engines", "kernels", "runtime", "serve", "bench"]
 SHARED = {"errors", "files", "cache", ""}  # "" is ``from .. import __version__``
 ALLOWED_EXTRA = {"kernels": set(), "runtime": {"kernels"}}
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .alpha_policy import auto_alpha
@@ -66,7 +67,7 @@ class GenerationRequest:
     alpha: float
     scheduler: str
     seed: int | None
-    generator: torch.Generator
+    generator: torch.Generator | list[torch.Generator]  # a list: one per image (``resadapter_rt.serve`` batches requests)
     noise_scheduler: Any  # a fresh diffusers scheduler (stateful: one per call)
 
     @property
@@ -330,7 +331,7 @@ class ResAdapterPipeline:
         sched = request.noise_scheduler
         scale = self.manifest["vae_scale_factor"]
         shape = (len(request.prompts), 4, request.height // scale, request.width // scale)
-        latents = torch.randn(shape, generator=request.generator, dtype=torch.float32).to(self.device)
+        latents = randn_tensor(shape, generator=request.generator, dtype=torch.float32).to(self.device)
         sched.set_timesteps(request.steps)
         latents = latents * sched.init_noise_sigma
         static = self.unet_static_inputs(request, conditioning)

@@ -1,0 +1,129 @@
+"""Load test of `resadapter-rt serve`: 64 requests from 8 concurrent tritonclient clients at two sizes.
+
+Exports the built-in tiny SD1.5 model (dynamic alpha) to a temporary directory, then for batching off
+(--max-batch-size 1) and on (--max-batch-size 8) starts the server (Ray Serve, local Ray, loopback) and
+sends 64 infer requests (binary data extension) from 8 client threads, sizes alternating between two,
+each request with its own seed. Off and on alternate --repeats times (the machine's load drifts);
+records per run: successes, p50/p95 latency, throughput, the batch sizes the server formed (its
+/metrics), and on/off ratios of the medians over the repeats, in benchmarks/results/serve_load.json.
+python benchmarks/serve_load.py [--requests 64] [--clients 8] [--steps 8] [--sizes 256x256,320x192] [--replicas 1] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def one_request(url: str, width: int, height: int, steps: int, seed: int) -> tuple[bool, float]:
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for name, value, dtype in (("prompt", b"a lighthouse at dusk", "BYTES"), ("width", width, "INT64"),
+                               ("height", height, "INT64"), ("steps", steps, "INT64"), ("seed", seed, "INT64")):
+        tensor = httpclient.InferInput(name, [1], dtype)
+        tensor.set_data_from_numpy(np.array([value], dtype=np.object_ if dtype == "BYTES" else np.int64))
+        inputs.append(tensor)
+    started = time.perf_counter()
+    with httpclient.InferenceServerClient(url.removeprefix("http://"), network_timeout=600) as client:
+        image = client.infer("resadapter", inputs).as_numpy("image")
+    return image.shape == (height, width, 3), time.perf_counter() - started
+
+
+def batch_sizes(url: str) -> dict[str, float]:
+    """How many requests ran in a batch of each size (from the histogram's cumulative buckets)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    buckets = {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line.startswith("resadapter_batch_size_bucket")}
+    return buckets
+
+
+def run(artifacts: Path, max_batch_size: int, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict:
+    from resadapter_rt.serve.app import serving
+    from resadapter_rt.serve.options import ServeOptions
+
+    options = ServeOptions(artifacts=str(artifacts), port=free_port(), replicas=args.replicas, max_batch_size=max_batch_size,
+                           max_queue=args.requests, timeout=600).checked()
+    with serving(options, num_cpus=max(2, args.replicas)) as url:
+        for width, height in sizes:  # first request per size outside the timing (ONNX Runtime plans per shape)
+            one_request(url, width, height, args.steps, 0)
+        jobs = [(sizes[i % len(sizes)], i) for i in range(args.requests)]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool:
+            results = list(pool.map(lambda job: one_request(url, *job[0], args.steps, job[1]), jobs))
+        wall = time.perf_counter() - started
+        histogram = batch_sizes(url)
+    latencies = sorted(seconds for _, seconds in results)
+    return {"max_batch_size": max_batch_size, "succeeded": sum(ok for ok, _ in results), "requests": len(results),
+            "wall_seconds": round(wall, 3), "throughput_images_per_s": round(len(results) / wall, 3),
+            "p50_latency_s": round(statistics.median(latencies), 3),
+            "p95_latency_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3),
+            "batch_size_histogram_cumulative": histogram}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--sizes", default="256x256,320x192")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+
+    from resadapter_rt.export.exporter import ExportOptions, export_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = Path(tmp) / "tiny-sd15"
+        export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic",
+                                      validation_sizes=((128, 128, 1),)), artifacts, progress=lambda m: None)
+        runs = {"off": [], "on": []}
+        for _ in range(args.repeats):
+            runs["off"].append(run(artifacts, 1, args, sizes))
+            runs["on"].append(run(artifacts, 8, args, sizes))
+
+    def median(key: str, which: str) -> float:
+        return statistics.median(r[key] for r in runs[which])
+
+    record = {
+        "what": f"{args.requests} requests, {args.clients} concurrent clients, sizes {args.sizes}, {args.steps} steps, "
+                f"tiny SD1.5 export, onnxruntime CPU, {args.replicas} replica(s)",
+        "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "batching_off": runs["off"], "batching_on": runs["on"],
+        "ratio_on_over_off_of_medians": {
+            name: round(median(key, "on") / median(key, "off"), 3)
+            for name, key in (("throughput", "throughput_images_per_s"), ("p50_latency", "p50_latency_s"),
+                              ("p95_latency", "p95_latency_s"))},
+    }
+    out = Path(args.results) / "serve_load.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(json.dumps(record, indent=2))
+    return 0 if all(r["succeeded"] == args.requests for rs in runs.values() for r in rs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

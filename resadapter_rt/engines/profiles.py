@@ -111,8 +111,9 @@ class ResolutionProfile:
         """(min, opt, max) shape per dynamic input of ``component``.
 
         ``dims``: channel sizes read from the export manifest (``latent_channels``,
-        ``cross_attention_dim``, ``pooled_dim`` for SDXL). With classifier-free guidance the UNet
-        sees twice the batch; guidance-free requests (LCM) see the plain batch, so both fit.
+        ``cross_attention_dim``, ``pooled_dim`` for SDXL, ``controlnets``: how many the UNet graph holds).
+        With classifier-free guidance the UNet sees twice the batch; guidance-free requests (LCM) see
+        the plain batch, so both fit. Control images get the latent box in pixels.
         """
         box = self.latent_box()
         h, w = box["height"], box["width"]
@@ -128,6 +129,9 @@ class ResolutionProfile:
             if dims.get("pooled_dim"):
                 shapes["text_embeds"] = tuple((ub[i], dims["pooled_dim"]) for i in range(3))
                 shapes["time_ids"] = tuple((ub[i], 6) for i in range(3))
+            if dims.get("controlnets"):  # control images: the latent box in pixels (controlnet_scale is static)
+                n, f = dims["controlnets"], LATENT_FACTOR
+                shapes["controlnet_cond"] = tuple((n, ub[i], 3, f * h[i], f * w[i]) for i in range(3))
             return shapes
         if component in ("text_encoder", "text_encoder_2"):
             return {"input_ids": tuple((b[i], TOKEN_CHUNK) for i in range(3))}

@@ -29,8 +29,10 @@ from .interop import interop_record, write_loader_files
 from .graph import EXTERNAL_DATA_SUFFIX, cleanup, group_norm_counts, save
 from .ort_fusion import fuse_for_cuda
 from .precision import half_precision_copy
-from .specs import (ComponentSpec, TextEncoderForExport, UNetForExport, VaeDecoderForExport, text_encoder_spec,
-                         unet_spec, upsample_sizes_from_skips, vae_decoder_spec)
+from .controlnet import unet_export_module
+from ..models.controlnet import load_controlnets
+from .specs import (ComponentSpec, TextEncoderForExport, VaeDecoderForExport, text_encoder_spec,
+                         upsample_sizes_from_skips, vae_decoder_spec)
 from ..models.provenance import merge_record
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class ExportOptions:
     target: str = "cpu"
     config: str | None = None
     validation_sizes: tuple[tuple[int, int, int], ...] = VALIDATION_SIZES
+    controlnets: tuple[str, ...] = ()  # folded into the UNet graph (export/controlnet.py)
 
     def checked(self) -> "ExportOptions":
         if self.target not in TARGETS:
@@ -175,6 +178,7 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     loras = [(read_lora_file(Path(p)), w) for p, w in map(parse_lora_spec, options.loras)]
     components = load_components(options.model, config=options.config)
     sdxl = components.family is SDXL
+    controlnets = load_controlnets(options.controlnets, components.unet)
 
     # The components were loaded here and are ours: merge in place instead of holding a second copy
     # (3.4 GB for a full-size SD1.5 UNet).
@@ -193,8 +197,7 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     # small latent size: H/W stay dynamic, upsample sizes come from the skips, and validation runs elsewhere.
     size = 8 if options.dtype == "fp16" else components.family.training_size // 8
     jobs: list[tuple[nn.Module, ComponentSpec, dict, list[dict]]] = []
-    unet_module = UNetForExport(unet, sdxl, alpha_source).eval()
-    spec = unet_spec(unet, sdxl, dynamic)
+    unet_module, spec = unet_export_module(unet, [c.model for c in controlnets], sdxl, alpha_source, dynamic)
     jobs.append((unet_module, spec, spec.example(2, size, size), _unet_cases(spec, options.validation_sizes, dynamic)))
     for name in ("text_encoder", "text_encoder_2"):
         if name in networks:
@@ -222,6 +225,8 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         "force_zeros_for_empty_prompt": bool(components.force_zeros_for_empty_prompt),
         "components": {},
     }
+    if controlnets:
+        manifest["controlnets"] = [c.record() for c in controlnets]
     for module, spec, example, cases in jobs:
         path = tmp / spec.name / "model.onnx"
         tick = time.perf_counter()

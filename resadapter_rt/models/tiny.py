@@ -189,3 +189,22 @@ def full_size_unet_config(family: ModelFamily, transformer_depth: int | None = N
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
     )
+
+
+def tiny_controlnet(family: ModelFamily, seed: int):
+    """A ControlNet made from the tiny UNet (``ControlNetModel.from_unet``) that really acts.
+
+    A fresh ControlNet's zero convolutions make it a no-op; here they get seeded random weights so
+    its residuals are non-zero and a control image changes the output.
+    """
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir(family) / "unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+    generator = torch.Generator().manual_seed(seed)
+    zero_convs = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    with torch.no_grad():
+        for conv in zero_convs:
+            conv.weight.copy_(0.5 * torch.randn(conv.weight.shape, generator=generator) / conv.weight[0].numel() ** 0.5)
+            conv.bias.copy_(0.05 * torch.randn(conv.bias.shape, generator=generator))
+    return controlnet.eval()

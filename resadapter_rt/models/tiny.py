@@ -202,9 +202,12 @@ def tiny_controlnet(family: ModelFamily, seed: int):
     unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir(family) / "unet")
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
     generator = torch.Generator().manual_seed(seed)
-    zero_convs = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    embedding = controlnet.controlnet_cond_embedding
+    # He-scaled conditioning embedding (its default init averages a control image away) and non-zero zero convs
+    gains = [(conv, 2.0) for conv in (embedding.conv_in, *embedding.blocks, embedding.conv_out)]
+    gains += [(conv, 0.25) for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block)]
     with torch.no_grad():
-        for conv in zero_convs:
-            conv.weight.copy_(0.5 * torch.randn(conv.weight.shape, generator=generator) / conv.weight[0].numel() ** 0.5)
+        for conv, gain in gains:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (gain / conv.weight[0].numel()) ** 0.5)
             conv.bias.copy_(0.05 * torch.randn(conv.bias.shape, generator=generator))
     return controlnet.eval()

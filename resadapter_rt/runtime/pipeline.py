@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .alpha_policy import auto_alpha
+from .controlnet import ControlRequest, control_request, control_static_inputs, control_step_inputs
 from ..errors import ResAdapterRTError
 from ..export.exporter import check_export_files, read_manifest
 from ..export.specs import ALPHA_INPUT, penultimate_hidden_state
@@ -67,6 +68,7 @@ class GenerationRequest:
     seed: int | None
     generator: torch.Generator
     noise_scheduler: Any  # a fresh diffusers scheduler (stateful: one per call)
+    control: ControlRequest | None = None  # ControlNet images and scales (exports with ControlNets)
 
     @property
     def cfg(self) -> bool:
@@ -246,8 +248,16 @@ class ResAdapterPipeline:
         scheduler: str = DEFAULT_SCHEDULER,
         output_type: str = "pil",
         callback: Callable[[int, int], None] | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
     ) -> GenerationOutput:
         """Generate images; ``output_type="latent"`` skips decoding.
+
+        Exports with ControlNets take ``control_image`` (one PIL image per ControlNet) and, per
+        ControlNet or shared, the conditioning scale and guidance window (fractions of the steps),
+        as diffusers' ``StableDiffusionControlNetPipeline`` does.
 
         Runs four stages, each a method a feature can extend: ``prepare`` (check and resolve the
         request), ``encode`` (text conditioning), ``denoise`` (the scheduler loop), ``decode``.
@@ -255,6 +265,8 @@ class ResAdapterPipeline:
         started = time.perf_counter()
         request = self.prepare(prompt, height, width, num_inference_steps, guidance_scale, negative_prompt, seed,
                                generator, num_images_per_prompt, resadapter_alpha, scheduler)
+        request.control = control_request(self.manifest, control_image, controlnet_conditioning_scale, control_guidance_start,
+                                          control_guidance_end, width, height, len(request.prompts), request.cfg, self.device)
         timings = Timings()
         tick = time.perf_counter()
         conditioning = self.encode(request)
@@ -304,7 +316,7 @@ class ResAdapterPipeline:
             static |= {"text_embeds": conditioning.pooled, "time_ids": time_ids}
         if ALPHA_INPUT in self.unet_inputs:
             static[ALPHA_INPUT] = torch.tensor(request.alpha, dtype=torch.float32, device=self.device)
-        return static
+        return static | control_static_inputs(request.control)
 
     def denoise(self, request: GenerationRequest, conditioning: Conditioning, timings: Timings,
                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -325,7 +337,8 @@ class ResAdapterPipeline:
             model_input = sched.scale_model_input(model_input, t)
             timestep = t.to(self.device, torch.float32).expand(model_input.shape[0]).contiguous()
             tick = time.perf_counter()
-            noise = self.runners["unet"](sample=model_input, timestep=timestep, **static)["out_sample"]
+            control = control_step_inputs(request.control, index, len(sched.timesteps), self.device)
+            noise = self.runners["unet"](sample=model_input, timestep=timestep, **static, **control)["out_sample"]
             timings.unet_steps.append(time.perf_counter() - tick)
             if cfg:
                 uncond, text = noise.chunk(2)
@@ -347,7 +360,8 @@ class ResAdapterPipeline:
         return {"prompt": request.prompts[0], "negative_prompt": (request.negatives or [""])[0], "width": request.width,
                 "height": request.height, "steps": request.steps, "scheduler": request.scheduler,
                 "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
-                "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family}
+                "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family,
+                **(request.control.parameters() if request.control else {})}
 
 
 def _step_parameters(scheduler) -> set[str]:

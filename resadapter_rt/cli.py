@@ -91,7 +91,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else _default_export_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
-                            dtype=args.dtype, target=args.target, config=args.config, controlnets=tuple(args.controlnet))
+                            dtype=args.dtype, target=args.target, config=args.config, controlnets=tuple(args.controlnet),
+                            vae_encoder=args.vae_encoder)
     progress = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     manifest = export_pipeline(options, out, force=args.force, progress=progress)
     worst = max(r["relative_error"] for c in manifest["components"].values() for r in c["validation"])
@@ -158,6 +159,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend)
     control = command_line_control(pipe.manifest, args.control_image, args.controlnet_scale, args.control_guidance_start,
                                    args.control_guidance_end, args.canny)
+    if args.image is not None:  # image-to-image
+        from .runtime.canny import read_image
+
+        control = ({**control[0], "image": read_image(Path(args.image), "source image"), "strength": args.strength},
+                   {**control[1], "image": args.image})
     _generate_images(pipe, args, args.width, args.height, Path(args.output), args.quiet, control)
     return 0
 
@@ -249,7 +255,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     profiles += [ResolutionProfile.static(size) for size in args.static]
     out = Path(args.out) if args.out else _default_engine_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
-                            dtype=args.dtype, target="tensorrt", config=args.config, controlnets=tuple(args.controlnet)).checked()
+                            dtype=args.dtype, target="tensorrt", config=args.config, controlnets=tuple(args.controlnet),
+                            vae_encoder=args.vae_encoder).checked()
     capabilities = parse_compute_capabilities(args.compute_capability) if args.compute_capability is not None else None
     flags = dict(precision=args.precision, optimization_level=args.opt_level, refittable=args.refittable,
                  strongly_typed=args.strongly_typed, compute_capabilities=capabilities, timing_cache=args.timing_cache)
@@ -333,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--target", default="cpu", help="cpu | tensorrt | cuda: picks the GroupNorm form (default cpu)")
     export.add_argument("--controlnet", action="append", default=[], metavar="C", help="ControlNet folded into the UNet "
                         "graph (repeatable): diffusers dir | .safetensors with config.json beside it | hub id")
+    export.add_argument("--vae-encoder", action="store_true", help="also export the VAE encoder (image-to-image: generate --image)")
     export.add_argument("--out", help="output directory (default: export/<model>--<adapter>--<alpha>--<target>)")
     export.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -342,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(build)
     build.add_argument("--dtype", default="fp32", help="ONNX dtype of the kept export (default fp32)")
     build.add_argument("--controlnet", action="append", default=[], metavar="C", help="ControlNet folded into the UNet (as export)")
+    build.add_argument("--vae-encoder", action="store_true", help="also the VAE encoder (image-to-image)")
     build.add_argument("--profile", action="append", default=[], metavar="SPEC",
                        help="MIN-MAX[@AMIN-AMAX][,opt=WxH][,batch=A-B][,tokens=A-B] (repeatable: one engine, several profiles); "
                             "default: the adapter's model-card preset")
@@ -384,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "ControlNet (default 1.0)")
     generate.add_argument("--control-guidance-start", type=float, default=0.0, help="fraction of steps before ControlNets act (default 0)")
     generate.add_argument("--control-guidance-end", type=float, default=1.0, help="fraction of steps after which they stop (default 1)")
+    generate.add_argument("--image", metavar="FILE", help="source image: image-to-image (needs an export with --vae-encoder)")
+    generate.add_argument("--strength", type=float, default=0.8, help="image-to-image: how much is re-generated, (0, 1] (default 0.8)")
     generate.set_defaults(handler=_cmd_generate)
 
     canny = commands.add_parser("canny", help="canny edge map of an image (a control image for canny ControlNets)")

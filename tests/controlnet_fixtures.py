@@ -27,13 +27,15 @@ def shared_controlnets() -> list[Path]:
 
 
 def shared_controlnet_exports() -> dict[str, Path]:
-    """``plain``, ``one`` and ``two``: baked alpha 0.8, validated at 264x392 (latent 33x49)."""
+    """``plain``, ``one`` and ``two``: baked alpha 0.8, validated at 264x392 (latent 33x49); ``plain`` and ``one``
+    with a VAE encoder (image-to-image)."""
     nets = shared_controlnets()
 
     def build(directory: Path) -> None:
         for key, chosen in (("plain", ()), ("one", nets[:1]), ("two", nets)):
             export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha=ALPHA, controlnets=tuple(map(str, chosen)),
-                                          validation_sizes=((264, 392, 1),)), directory / key, progress=lambda m: None)
+                                          validation_sizes=((264, 392, 1),), vae_encoder=key != "two"),
+                            directory / key, progress=lambda m: None)
 
     root = cached_directory("tests/controlnet-exports", build)
     return {key: root / key for key in ("plain", "one", "two")}
@@ -42,3 +44,16 @@ def shared_controlnet_exports() -> dict[str, Path]:
 def noise_image(width: int, height: int, seed: int) -> Image.Image:
     """A random RGB image (of another size than the output, so the resize is exercised)."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def shared_sdxl_controlnet_export() -> tuple[Path, Path]:
+    """Tiny SDXL with one tiny SDXL ControlNet, dynamic alpha: (export directory, ControlNet directory)."""
+    from resadapter_rt.models.families import SDXL
+
+    net = cached_directory("tests/controlnet-sdxl-net", lambda d: tiny_controlnet(SDXL, 3).save_pretrained(d))
+
+    def build(directory: Path) -> None:
+        export_pipeline(ExportOptions(model="tiny-sdxl", resadapter="tiny-sdxl", alpha="dynamic", controlnets=(str(net),),
+                                      validation_sizes=((264, 392, 1),)), directory, progress=lambda m: None)
+
+    return cached_directory("tests/controlnet-sdxl-export", build), net

@@ -137,6 +137,8 @@ class ResolutionProfile:
             return {"input_ids": tuple((b[i], TOKEN_CHUNK) for i in range(3))}
         if component == "vae_decoder":
             return {"latent_sample": tuple((b[i], dims["latent_channels"], h[i], w[i]) for i in range(3))}
+        if component == "vae_encoder":  # image-to-image: the source image, in pixels
+            return {"sample": tuple((b[i], 3, LATENT_FACTOR * h[i], LATENT_FACTOR * w[i]) for i in range(3))}
         raise ResAdapterRTError(f"no profile shapes for component {component!r}")
 
     def to_json(self) -> dict:

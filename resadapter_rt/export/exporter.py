@@ -30,6 +30,7 @@ from .graph import EXTERNAL_DATA_SUFFIX, cleanup, group_norm_counts, save
 from .ort_fusion import fuse_for_cuda
 from .precision import half_precision_copy
 from .controlnet import unet_export_module
+from .vae_encoder import vae_encoder_job
 from ..models.controlnet import load_controlnets
 from .specs import (ComponentSpec, TextEncoderForExport, VaeDecoderForExport, text_encoder_spec,
                          upsample_sizes_from_skips, vae_decoder_spec)
@@ -62,6 +63,7 @@ class ExportOptions:
     config: str | None = None
     validation_sizes: tuple[tuple[int, int, int], ...] = VALIDATION_SIZES
     controlnets: tuple[str, ...] = ()  # folded into the UNet graph (export/controlnet.py)
+    vae_encoder: bool = False  # also export the VAE encoder (image-to-image; export/vae_encoder.py)
 
     def checked(self) -> "ExportOptions":
         if self.target not in TARGETS:
@@ -210,6 +212,8 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         jobs.append((vae, spec, spec.example(1, size // 2, size // 2),
                      [{"label": {"width": w, "height": h, "batch": b}, "inputs": spec.example(b, h // 8, w // 8, seed=i)}
                       for i, (w, h, b) in enumerate(options.validation_sizes[:2])]))
+        if options.vae_encoder:
+            jobs.append(vae_encoder_job(components.vae, size, options.validation_sizes))
 
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "resadapter_rt_version": __version__,
@@ -265,6 +269,9 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     if "text_encoder" in networks and components.vae is not None:  # a whole pipeline: loadable by optimum/diffusers
         write_loader_files(tmp, components, networks, sdxl)
         manifest["interop"] = interop_record(dynamic)
+        if controlnets:  # optimum's and diffusers' SD pipelines feed no control inputs
+            manifest["interop"] |= {"optimum_onnxruntime_drop_in": False,
+                                    "note": "the UNet takes controlnet_cond and controlnet_scale, which optimum does not feed"}
     manifest["export_seconds"] = round(time.perf_counter() - started, 2)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -14,6 +14,7 @@ from PIL import Image
 
 from .alpha_policy import auto_alpha
 from .controlnet import ControlRequest, control_request, control_static_inputs, control_step_inputs
+from .img2img import VAE_ENCODER, InitImage, image_to_image_start, init_image_request
 from ..errors import ResAdapterRTError
 from ..export.exporter import check_export_files, read_manifest
 from ..export.specs import ALPHA_INPUT, penultimate_hidden_state
@@ -69,6 +70,7 @@ class GenerationRequest:
     generator: torch.Generator
     noise_scheduler: Any  # a fresh diffusers scheduler (stateful: one per call)
     control: ControlRequest | None = None  # ControlNet images and scales (exports with ControlNets)
+    init_image: InitImage | None = None  # image-to-image source (exports with a VAE encoder)
 
     @property
     def cfg(self) -> bool:
@@ -252,12 +254,15 @@ class ResAdapterPipeline:
         controlnet_conditioning_scale: float | list[float] = 1.0,
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
+        image: Any = None,
+        strength: float = 0.8,
     ) -> GenerationOutput:
         """Generate images; ``output_type="latent"`` skips decoding.
 
         Exports with ControlNets take ``control_image`` (one PIL image per ControlNet) and, per
         ControlNet or shared, the conditioning scale and guidance window (fractions of the steps),
-        as diffusers' ``StableDiffusionControlNetPipeline`` does.
+        as diffusers' ``StableDiffusionControlNetPipeline`` does. ``image`` (a PIL image; exports with a
+        VAE encoder) makes it image-to-image with ``strength`` as diffusers' img2img pipelines.
 
         Runs four stages, each a method a feature can extend: ``prepare`` (check and resolve the
         request), ``encode`` (text conditioning), ``denoise`` (the scheduler loop), ``decode``.
@@ -267,6 +272,8 @@ class ResAdapterPipeline:
                                generator, num_images_per_prompt, resadapter_alpha, scheduler)
         request.control = control_request(self.manifest, control_image, controlnet_conditioning_scale, control_guidance_start,
                                           control_guidance_end, width, height, len(request.prompts), request.cfg, self.device)
+        request.init_image = init_image_request(self.runners, image, strength, width, height, num_inference_steps,
+                                                self.manifest["vae_scale_factor"])
         timings = Timings()
         tick = time.perf_counter()
         conditioning = self.encode(request)
@@ -324,20 +331,25 @@ class ResAdapterPipeline:
         sched = request.noise_scheduler
         scale = self.manifest["vae_scale_factor"]
         shape = (len(request.prompts), 4, request.height // scale, request.width // scale)
-        latents = torch.randn(shape, generator=request.generator, dtype=torch.float32).to(self.device)
         sched.set_timesteps(request.steps)
-        latents = latents * sched.init_noise_sigma
+        if request.init_image is None:
+            latents = torch.randn(shape, generator=request.generator, dtype=torch.float32).to(self.device) * sched.init_noise_sigma
+            timesteps = sched.timesteps
+        else:  # image-to-image: fewer steps, from the noised source image
+            timesteps, latents = image_to_image_start(request.init_image, sched, request.steps, self.runners[VAE_ENCODER],
+                                                      self.manifest["vae_scaling_factor"], len(request.prompts), request.generator)
+            latents = latents.to(self.device)
         static = self.unet_static_inputs(request, conditioning)
         step_kwargs = {"generator": request.generator} if "generator" in _step_parameters(sched) else {}
         cfg, guidance = request.cfg, request.guidance_scale
 
         loop_start = time.perf_counter()
-        for index, t in enumerate(sched.timesteps):
+        for index, t in enumerate(timesteps):
             model_input = torch.cat([latents, latents]) if cfg else latents
             model_input = sched.scale_model_input(model_input, t)
             timestep = t.to(self.device, torch.float32).expand(model_input.shape[0]).contiguous()
             tick = time.perf_counter()
-            control = control_step_inputs(request.control, index, len(sched.timesteps), self.device)
+            control = control_step_inputs(request.control, index, len(timesteps), self.device)
             noise = self.runners["unet"](sample=model_input, timestep=timestep, **static, **control)["out_sample"]
             timings.unet_steps.append(time.perf_counter() - tick)
             if cfg:
@@ -345,7 +357,7 @@ class ResAdapterPipeline:
                 noise = uncond + guidance * (text - uncond)
             latents = sched.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             if callback is not None:
-                callback(index + 1, request.steps)
+                callback(index + 1, len(timesteps))
         timings.host_overhead = time.perf_counter() - loop_start - sum(timings.unet_steps)
         return latents
 
@@ -361,7 +373,8 @@ class ResAdapterPipeline:
                 "height": request.height, "steps": request.steps, "scheduler": request.scheduler,
                 "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
                 "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family,
-                **(request.control.parameters() if request.control else {})}
+                **(request.control.parameters() if request.control else {}),
+                **({"strength": request.init_image.strength} if request.init_image else {})}
 
 
 def _step_parameters(scheduler) -> set[str]:

@@ -182,4 +182,8 @@ def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | Non
             runners[name] = TorchRunner(module, *io[name], device=device)
     if "vae_decoder" in specs:
         runners["vae_decoder"] = TorchRunner(VaeDecoderForExport(components.vae), *io["vae_decoder"], device=device)
+    if "vae_encoder" in specs:
+        from ..export.vae_encoder import VaeEncoderForExport
+
+        runners["vae_encoder"] = TorchRunner(VaeEncoderForExport(components.vae), *io["vae_encoder"], device=device)
     return runners, fused

@@ -110,3 +110,25 @@ def test_canny_bad_input(tmp_path, monkeypatch, capsys, args, message):
     square_image(tmp_path / "in.png")
     (tmp_path / "broken.png").write_bytes(b"not an image at all")
     assert_bad_input_touches_nothing(tmp_path, ["canny", *args], message, monkeypatch, capsys)
+
+
+def test_generate_image_to_image_with_a_controlnet_records_it(exports, tmp_path, capsys):
+    noise_image(80, 60, 1).save(tmp_path / "control.png")
+    noise_image(100, 100, 2).save(tmp_path / "source.png")
+    out = tmp_path / "out.png"
+    result = run_main(["generate", "--artifacts", str(exports["one"]), "--prompt", "a fox", "--width", "128", "--height", "128",
+                       "--steps", "4", "--scheduler", "euler", "-q", "-o", str(out), "--control-image", str(tmp_path / "control.png"),
+                       "--canny", "--image", str(tmp_path / "source.png"), "--strength", "0.5"], capsys)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        parameters = json.loads(image.text["parameters"])
+    assert parameters["image"] == str(tmp_path / "source.png") and parameters["strength"] == 0.5 and parameters["canny"] is True
+
+
+def test_generate_image_to_image_bad_input(exports, tmp_path, monkeypatch, capsys):
+    shutil.copytree(exports["two"], tmp_path / "exp")
+    setup_images(tmp_path)
+    assert_bad_input_touches_nothing(
+        tmp_path, GENERATE + ["--artifacts", "exp", "--control-image", "a.png", "--control-image", "b.png", "--image", "a.png"],
+        "error: this export has no VAE encoder, so image-to-image cannot be used; re-export with `resadapter-rt export ... --vae-encoder`",
+        monkeypatch, capsys)

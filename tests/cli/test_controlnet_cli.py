@@ -11,6 +11,7 @@ from PIL import Image
 
 from cli_harness import assert_bad_input_touches_nothing, run_main
 from controlnet_fixtures import noise_image, shared_controlnet_exports, shared_controlnets
+from resadapter_rt.export.exporter import VALIDATION_SIZES
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def test_generate_with_two_control_images_records_them(exports, tmp_path, capsys
     assert parameters["canny"] is False
 
 
+@pytest.mark.slow  # the default validation sizes (up to 1008x288 and 280x1000): ~2 min on 2 shared cores
 def test_export_cli_folds_the_controlnet_into_the_unet(tmp_path, capsys):
     net = shared_controlnets()[0]
     result = run_main(["export", "--model", "tiny-sd15", "--resadapter", "tiny-sd15", "--alpha", "0.5", "--controlnet", str(net),
@@ -53,7 +55,8 @@ def test_export_cli_folds_the_controlnet_into_the_unet(tmp_path, capsys):
     shapes = {i["name"]: i["shape"] for i in manifest["components"]["unet"]["inputs"]}
     assert shapes["controlnet_cond"] == [1, "batch", 3, "height", "width"] and shapes["controlnet_scale"] == [1]
     # the built-in validation ran the ControlNet inputs at every off-trace size
-    assert len(manifest["components"]["unet"]["validation"]) == 5
+    validated = [(r["width"], r["height"], r["batch"]) for r in manifest["components"]["unet"]["validation"]]
+    assert validated == list(VALIDATION_SIZES)
 
 
 def test_canny_matches_opencv_with_diffusers_thresholds(tmp_path, capsys):

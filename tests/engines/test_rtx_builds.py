@@ -143,6 +143,7 @@ def test_a_graph_tensorrt_rtx_cannot_build_is_one_line_and_leaves_no_file(tmp_pa
     assert list(engines.iterdir()) == []
 
 
+@pytest.mark.slow  # an export plus three engine builds: 3.5 min on 2 shared cores
 def test_sd15_with_a_controlnet_builds_with_control_images_in_pixel_ranges(tmp_path):
     """The ControlNet is inside the UNet graph; its control image gets the latent box x 8 as its profile."""
     import json

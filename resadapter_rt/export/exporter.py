@@ -270,8 +270,9 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         write_loader_files(tmp, components, networks, sdxl)
         manifest["interop"] = interop_record(dynamic)
         if controlnets:  # optimum's and diffusers' SD pipelines feed no control inputs
+            note = "the UNet takes controlnet_cond and controlnet_scale, which optimum does not feed"
             manifest["interop"] |= {"optimum_onnxruntime_drop_in": False,
-                                    "note": "the UNet takes controlnet_cond and controlnet_scale, which optimum does not feed"}
+                                    "note": f"{note}; {manifest['interop']['note']}" if dynamic else note}
     manifest["export_seconds"] = round(time.perf_counter() - started, 2)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

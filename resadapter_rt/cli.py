@@ -98,7 +98,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else _default_export_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
-                            dtype=args.dtype, target=args.target, config=args.config, **_validation_sizes(args))
+                            dtype=args.dtype, target=args.target, config=args.config, controlnets=tuple(args.controlnet),
+                            vae_encoder=args.vae_encoder, **_validation_sizes(args))
     progress = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     manifest = export_pipeline(options, out, force=args.force, progress=progress)
     worst = max(r["relative_error"] for c in manifest["components"].values() for r in c["validation"])
@@ -123,19 +124,21 @@ def _save_png(image, path: Path, parameters: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, output: Path, quiet: bool) -> None:
+def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, output: Path, quiet: bool,
+                     extra: tuple[dict, dict] = ({}, {})) -> None:
+    """``extra``: further pipeline keyword arguments and the PNG metadata that records them (ControlNet)."""
     from tqdm import tqdm
 
     bar = None if quiet else tqdm(total=args.steps, desc=f"{width}x{height}", unit="step", file=sys.stderr, leave=False)
     result = pipe(args.prompt, height=height, width=width, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   negative_prompt=args.negative_prompt, seed=args.seed, num_images_per_prompt=args.num_images,
                   resadapter_alpha=args.alpha, scheduler=args.scheduler,
-                  callback=None if bar is None else (lambda done, total: bar.update(1)))
+                  callback=None if bar is None else (lambda done, total: bar.update(1)), **extra[0])
     if bar is not None:
         bar.close()
     paths = [output if i == 0 else output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(result.images))]
     for index, (image, path) in enumerate(zip(result.images, paths)):
-        _save_png(image, path, {**result.parameters, "image_index": index})
+        _save_png(image, path, {**result.parameters, **extra[1], "image_index": index})
     print(f"{', '.join(map(str, paths))}: {width}x{height}, alpha {result.alpha:g} ({result.parameters['alpha_mode']}), "
           f"{pipe.backend} | {result.timings.summary()}")
 
@@ -158,8 +161,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     _check_generation_args(args)
     _check_output_file(Path(args.output))
+    from .runtime.controlnet import command_line_control
+
     pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend)
-    _generate_images(pipe, args, args.width, args.height, Path(args.output), args.quiet)
+    control = command_line_control(pipe.manifest, args.control_image, args.controlnet_scale, args.control_guidance_start,
+                                   args.control_guidance_end, args.canny)
+    if args.image is not None:  # image-to-image
+        from .runtime.canny import read_image
+
+        control = ({**control[0], "image": read_image(Path(args.image), "source image"), "strength": args.strength},
+                   {**control[1], "image": args.image})
+    _generate_images(pipe, args, args.width, args.height, Path(args.output), args.quiet, control)
+    return 0
+
+
+def _cmd_canny(args: argparse.Namespace) -> int:
+    from .runtime.canny import canny_image, check_thresholds, read_image
+
+    check_thresholds(args.low, args.high)
+    _check_output_file(Path(args.output))
+    edges = canny_image(read_image(Path(args.input)), args.low, args.high)
+    _save_png(edges, Path(args.output), {"canny": {"input": args.input, "low": args.low, "high": args.high}})
+    print(f"{args.output}: canny edges of {args.input} ({edges.width}x{edges.height}, thresholds {args.low}/{args.high})")
     return 0
 
 
@@ -241,7 +264,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     profiles += [ResolutionProfile.static(size) for size in args.static]
     out = Path(args.out) if args.out else _default_engine_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
-                            dtype=args.dtype, target="tensorrt", config=args.config, **_validation_sizes(args)).checked()
+                            dtype=args.dtype, target="tensorrt", config=args.config, controlnets=tuple(args.controlnet),
+                            vae_encoder=args.vae_encoder, **_validation_sizes(args)).checked()
     capabilities = parse_compute_capabilities(args.compute_capability) if args.compute_capability is not None else None
     flags = dict(precision=args.precision, optimization_level=args.opt_level, refittable=args.refittable,
                  strongly_typed=args.strongly_typed, compute_capabilities=capabilities, timing_cache=args.timing_cache)
@@ -344,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(export)
     export.add_argument("--dtype", default="fp32", help="fp32 (default) | fp16 (GroupNorm statistics and IO stay fp32; SDXL VAE stays fp32)")
     export.add_argument("--target", default="cpu", help="cpu | tensorrt | cuda: picks the GroupNorm form (default cpu)")
+    export.add_argument("--controlnet", action="append", default=[], metavar="C", help="ControlNet folded into the UNet "
+                        "graph (repeatable): diffusers dir | .safetensors with config.json beside it | hub id")
+    export.add_argument("--vae-encoder", action="store_true", help="also export the VAE encoder (image-to-image: generate --image)")
     export.add_argument("--out", help="output directory (default: export/<model>--<adapter>--<alpha>--<target>)")
     export.add_argument("--validation-sizes", metavar="WxH[xB],...", help=VALIDATION_SIZES_HELP)
     export.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -354,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(build)
     build.add_argument("--dtype", default="fp32", help="ONNX dtype of the kept export (default fp32)")
     build.add_argument("--validation-sizes", metavar="WxH[xB],...", help=VALIDATION_SIZES_HELP)
+    build.add_argument("--controlnet", action="append", default=[], metavar="C", help="ControlNet folded into the UNet (as export)")
+    build.add_argument("--vae-encoder", action="store_true", help="also the VAE encoder (image-to-image)")
     build.add_argument("--profile", action="append", default=[], metavar="SPEC",
                        help="MIN-MAX[@AMIN-AMAX][,opt=WxH][,batch=A-B][,tokens=A-B] (repeatable: one engine, several profiles); "
                             "default: the adapter's model-card preset")
@@ -389,7 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--height", type=int, required=True, help="pixels, a multiple of 8")
     generate.add_argument("-o", "--output", default="out.png", help="PNG path (more images get -1, -2 ... suffixes)")
     _add_generation_arguments(generate, {})
+    generate.add_argument("--control-image", action="append", default=[], metavar="FILE",
+                          help="control image per ControlNet of the export, in export order (repeatable)")
+    generate.add_argument("--canny", action="store_true", help="turn the control images into canny edges (100/200) first")
+    generate.add_argument("--controlnet-scale", type=float, nargs="+", metavar="S", help="conditioning scale: one, or one per "
+                          "ControlNet (default 1.0)")
+    generate.add_argument("--control-guidance-start", type=float, default=0.0, help="fraction of steps before ControlNets act (default 0)")
+    generate.add_argument("--control-guidance-end", type=float, default=1.0, help="fraction of steps after which they stop (default 1)")
+    generate.add_argument("--image", metavar="FILE", help="source image: image-to-image (needs an export with --vae-encoder)")
+    generate.add_argument("--strength", type=float, default=0.8, help="image-to-image: how much is re-generated, (0, 1] (default 0.8)")
     generate.set_defaults(handler=_cmd_generate)
+
+    canny = commands.add_parser("canny", help="canny edge map of an image (a control image for canny ControlNets)")
+    canny.add_argument("input", help="image file")
+    canny.add_argument("output", help="PNG path")
+    canny.add_argument("--low", type=int, default=100, help="lower hysteresis threshold (default 100)")
+    canny.add_argument("--high", type=int, default=200, help="upper hysteresis threshold (default 200)")
+    canny.set_defaults(handler=_cmd_canny)
 
     demo = commands.add_parser("demo", help="the whole path on the built-in tiny model, offline: export if missing, then generate")
     demo.add_argument("--artifacts", default="export/tiny-sd15-demo", help="export directory to use or create")

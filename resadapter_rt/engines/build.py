@@ -113,8 +113,11 @@ def build_target(options: BuildOptions) -> BuildTarget:
 def export_dims(export_manifest: dict) -> dict:
     """Channel sizes the profile shapes need, read from the export's UNet inputs."""
     inputs = {i["name"]: i["shape"] for i in export_manifest["components"]["unet"]["inputs"]}
-    return {"latent_channels": inputs["sample"][1], "cross_attention_dim": inputs["encoder_hidden_states"][2],
+    dims = {"latent_channels": inputs["sample"][1], "cross_attention_dim": inputs["encoder_hidden_states"][2],
             "pooled_dim": inputs["text_embeds"][1] if "text_embeds" in inputs else None}
+    if "controlnet_cond" in inputs:  # ControlNets folded into the UNet: [N, B, 3, 8H, 8W]
+        dims["controlnets"] = inputs["controlnet_cond"][0]
+    return dims
 
 
 def cache_key(onnx_sha256: str, component: str, options: BuildOptions, target: BuildTarget, precision: str) -> str:

@@ -19,6 +19,8 @@ def _export_lines(manifest: dict) -> list[str]:
     lines = [f"export: {manifest['family']}, alpha {manifest['alpha_mode']}{alpha}, opset {manifest['opset']}, "
              f"dtype {manifest['dtype']}, target {manifest['target']}, torch {manifest['torch_version']}",
              f"  model {manifest['sources'].get('model')}; adapter {adapter.get('source') if isinstance(adapter, dict) else adapter}"]
+    if manifest.get("controlnets"):  # folded into the UNet graph; fed controlnet_cond and controlnet_scale
+        lines.append(f"  {len(manifest['controlnets'])} ControlNet(s) in the UNet: " + ", ".join(c["source"] for c in manifest["controlnets"]))
     for name, component in manifest["components"].items():
         errors = [r.get("relative_error", float("nan")) for r in component["validation"]]
         worst = f"{max(errors):.1e}" if errors else "n/a"

@@ -84,6 +84,7 @@ def stale_reason(manifest: dict, options: ExportOptions, export_dir: Path) -> st
     so an edited file under the same path is noticed; a local model by the recorded sha256 of its files.
     """
     from ..models.adapter import load_adapter
+    from ..models.controlnet import recorded_controlnets
     from ..models.merge import parse_lora_spec
     from ..models.provenance import files_sha256
 
@@ -103,6 +104,12 @@ def stale_reason(manifest: dict, options: ExportOptions, export_dir: Path) -> st
     for item in sources["loras"]:
         if not Path(item["source"]).is_file() or sha256_file(Path(item["source"])) != item["sha256"]:
             return f"LoRA {item['source']} changed since the export"
+    if [item["source"] for item in manifest.get("controlnets") or []] != list(options.controlnets):
+        return "the ControlNets differ from the existing export"
+    try:
+        recorded_controlnets(manifest.get("controlnets") or [], export_dir)
+    except ResAdapterRTError as exc:
+        return str(exc).split("; re-export")[0]
     adapter = load_adapter(options.resadapter)
     if {p.name: sha256_file(p) for p in adapter.files} != sources["resadapter"]["files"]:
         return f"adapter {options.resadapter} changed since the export"

@@ -111,8 +111,9 @@ class ResolutionProfile:
         """(min, opt, max) shape per dynamic input of ``component``.
 
         ``dims``: channel sizes read from the export manifest (``latent_channels``,
-        ``cross_attention_dim``, ``pooled_dim`` for SDXL). With classifier-free guidance the UNet
-        sees twice the batch; guidance-free requests (LCM) see the plain batch, so both fit.
+        ``cross_attention_dim``, ``pooled_dim`` for SDXL, ``controlnets``: how many the UNet graph holds).
+        With classifier-free guidance the UNet sees twice the batch; guidance-free requests (LCM) see
+        the plain batch, so both fit. Control images get the latent box in pixels.
         """
         box = self.latent_box()
         h, w = box["height"], box["width"]
@@ -128,12 +129,17 @@ class ResolutionProfile:
             if dims.get("pooled_dim"):
                 shapes["text_embeds"] = tuple((ub[i], dims["pooled_dim"]) for i in range(3))
                 shapes["time_ids"] = tuple((ub[i], 6) for i in range(3))
+            if dims.get("controlnets"):  # control images: the latent box in pixels (controlnet_scale is static)
+                n, f = dims["controlnets"], LATENT_FACTOR
+                shapes["controlnet_cond"] = tuple((n, ub[i], 3, f * h[i], f * w[i]) for i in range(3))
             return shapes
         if component in ("text_encoder", "text_encoder_2"):  # a long prompt runs one 77-token chunk per row
             rows = (b[0], b[1] * (self.tokens[1] // TOKEN_CHUNK), b[2] * (self.tokens[2] // TOKEN_CHUNK))
             return {"input_ids": tuple((rows[i], TOKEN_CHUNK) for i in range(3))}
         if component == "vae_decoder":
             return {"latent_sample": tuple((b[i], dims["latent_channels"], h[i], w[i]) for i in range(3))}
+        if component == "vae_encoder":  # image-to-image: the source image, in pixels
+            return {"sample": tuple((b[i], 3, LATENT_FACTOR * h[i], LATENT_FACTOR * w[i]) for i in range(3))}
         raise ResAdapterRTError(f"no profile shapes for component {component!r}")
 
     def to_json(self) -> dict:

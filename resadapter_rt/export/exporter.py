@@ -29,8 +29,11 @@ from .interop import interop_record, write_loader_files
 from .graph import EXTERNAL_DATA_SUFFIX, cleanup, detach_weights, group_norm_counts, save
 from .ort_fusion import fuse_for_cuda
 from .precision import half_precision
-from .specs import (ComponentSpec, TextEncoderForExport, UNetForExport, VaeDecoderForExport, text_encoder_spec,
-                         unet_spec, upsample_sizes_from_skips, vae_decoder_spec)
+from .controlnet import unet_export_module
+from .vae_encoder import vae_encoder_job
+from ..models.controlnet import load_controlnets
+from .specs import (ComponentSpec, TextEncoderForExport, VaeDecoderForExport, text_encoder_spec,
+                         upsample_sizes_from_skips, vae_decoder_spec)
 from ..models.provenance import merge_record
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,8 @@ class ExportOptions:
     target: str = "cpu"
     config: str | None = None
     validation_sizes: tuple[tuple[int, int, int], ...] = VALIDATION_SIZES
+    controlnets: tuple[str, ...] = ()  # folded into the UNet graph (export/controlnet.py)
+    vae_encoder: bool = False  # also export the VAE encoder (image-to-image; export/vae_encoder.py)
 
     def checked(self) -> "ExportOptions":
         if self.target not in TARGETS:
@@ -214,6 +219,7 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     loras = [(read_lora_file(Path(p)), w) for p, w in map(parse_lora_spec, options.loras)]
     components = load_components(options.model, config=options.config)
     sdxl = components.family is SDXL
+    controlnets = load_controlnets(options.controlnets, components.unet)
 
     # The components were loaded here and are ours: merge in place instead of holding a second copy
     # (3.4 GB for a full-size SD1.5 UNet).
@@ -244,9 +250,10 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         jobs.append((vae, spec, spec.example(1, size // 2, size // 2),
                      [{"label": {"width": w, "height": h, "batch": b}, "inputs": spec.example(b, h // 8, w // 8, seed=i)}
                       for i, (w, h, b) in enumerate(options.validation_sizes[:2])]))
-    spec = unet_spec(unet, sdxl, dynamic)
-    jobs.append((UNetForExport(unet, sdxl, alpha_source).eval(), spec, spec.example(2, size, size),
-                 _unet_cases(spec, options.validation_sizes, dynamic)))
+        if options.vae_encoder:
+            jobs.append(vae_encoder_job(components.vae, size, options.validation_sizes))
+    unet_module, spec = unet_export_module(unet, [c.model for c in controlnets], sdxl, alpha_source, dynamic)
+    jobs.append((unet_module, spec, spec.example(2, size, size), _unet_cases(spec, options.validation_sizes, dynamic)))
 
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "resadapter_rt_version": __version__,
@@ -262,6 +269,8 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         "force_zeros_for_empty_prompt": bool(components.force_zeros_for_empty_prompt),
         "components": {},
     }
+    if controlnets:
+        manifest["controlnets"] = [c.record() for c in controlnets]
     while jobs:
         module, spec, example, cases = jobs.pop(0)
         path = tmp / spec.name / "model.onnx"
@@ -309,6 +318,10 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     if "text_encoder" in networks and components.vae is not None:  # a whole pipeline: loadable by optimum/diffusers
         write_loader_files(tmp, components, networks, sdxl)
         manifest["interop"] = interop_record(dynamic)
+        if controlnets:  # optimum's and diffusers' SD pipelines feed no control inputs
+            note = "the UNet takes controlnet_cond and controlnet_scale, which optimum does not feed"
+            manifest["interop"] |= {"optimum_onnxruntime_drop_in": False,
+                                    "note": f"{note}; {manifest['interop']['note']}" if dynamic else note}
     manifest["export_seconds"] = round(time.perf_counter() - started, 2)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

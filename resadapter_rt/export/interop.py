@@ -57,8 +57,9 @@ def write_loader_files(directory: Path, components: Any, networks: dict[str, Any
     """``model_index.json``, each component's ``config.json`` and 4.x-readable tokenizers under ``directory``."""
     (directory / "model_index.json").write_text(json.dumps(model_index(components, sdxl), indent=2))
     components.unet.save_config(directory / "unet")
-    if (directory / "vae_decoder").is_dir():
-        components.vae.save_config(directory / "vae_decoder")
+    for name in ("vae_decoder", "vae_encoder"):
+        if (directory / name).is_dir():
+            components.vae.save_config(directory / name)
     for name in ("text_encoder", "text_encoder_2"):
         if (directory / name).is_dir():
             networks[name].config.to_json_file(directory / name / "config.json")

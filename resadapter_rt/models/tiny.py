@@ -223,3 +223,25 @@ def write_full_size_pipeline(family: ModelFamily, out: Path) -> None:
         network = make()
         network.save_pretrained(out / name)
         del network
+
+
+def tiny_controlnet(family: ModelFamily, seed: int):
+    """A ControlNet made from the tiny UNet (``ControlNetModel.from_unet``) that really acts.
+
+    A fresh ControlNet's zero convolutions make it a no-op; here they get seeded random weights so
+    its residuals are non-zero and a control image changes the output.
+    """
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir(family) / "unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+    generator = torch.Generator().manual_seed(seed)
+    embedding = controlnet.controlnet_cond_embedding
+    # He-scaled conditioning embedding (its default init averages a control image away) and non-zero zero convs
+    gains = [(conv, 2.0) for conv in (embedding.conv_in, *embedding.blocks, embedding.conv_out)]
+    gains += [(conv, 0.25) for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block)]
+    with torch.no_grad():
+        for conv, gain in gains:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (gain / conv.weight[0].numel()) ** 0.5)
+            conv.bias.copy_(0.05 * torch.randn(conv.bias.shape, generator=generator))
+    return controlnet.eval()

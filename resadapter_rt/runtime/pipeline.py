@@ -14,6 +14,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .alpha_policy import auto_alpha
+from .controlnet import ControlRequest, control_request, control_static_inputs, control_step_inputs
+from .img2img import VAE_ENCODER, InitImage, image_to_image_start, init_image_request
 from ..errors import ResAdapterRTError
 from ..export.exporter import check_export_files, read_manifest
 from ..export.specs import ALPHA_INPUT, penultimate_hidden_state
@@ -69,6 +71,8 @@ class GenerationRequest:
     seed: int | None
     generator: torch.Generator | list[torch.Generator]  # a list: one per image (``resadapter_rt.serve`` batches requests)
     noise_scheduler: Any  # a fresh diffusers scheduler (stateful: one per call)
+    control: ControlRequest | None = None  # ControlNet images and scales (exports with ControlNets)
+    init_image: InitImage | None = None  # image-to-image source (exports with a VAE encoder)
 
     @property
     def cfg(self) -> bool:
@@ -265,8 +269,19 @@ class ResAdapterPipeline:
         scheduler: str = DEFAULT_SCHEDULER,
         output_type: str = "pil",
         callback: Callable[[int, int], None] | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        image: Any = None,
+        strength: float = 0.8,
     ) -> GenerationOutput:
         """Generate images; ``output_type="latent"`` skips decoding.
+
+        Exports with ControlNets take ``control_image`` (one PIL image per ControlNet) and, per
+        ControlNet or shared, the conditioning scale and guidance window (fractions of the steps),
+        as diffusers' ``StableDiffusionControlNetPipeline`` does. ``image`` (a PIL image; exports with a
+        VAE encoder) makes it image-to-image with ``strength`` as diffusers' img2img pipelines.
 
         Runs four stages, each a method a feature can extend: ``prepare`` (check and resolve the
         request), ``encode`` (text conditioning), ``denoise`` (the scheduler loop), ``decode``.
@@ -274,6 +289,10 @@ class ResAdapterPipeline:
         started = time.perf_counter()
         request = self.prepare(prompt, height, width, num_inference_steps, guidance_scale, negative_prompt, seed,
                                generator, num_images_per_prompt, resadapter_alpha, scheduler)
+        request.control = control_request(self.manifest, control_image, controlnet_conditioning_scale, control_guidance_start,
+                                          control_guidance_end, width, height, len(request.prompts), request.cfg, self.device)
+        request.init_image = init_image_request(self.runners, image, strength, width, height, num_inference_steps,
+                                                self.manifest["vae_scale_factor"])
         timings = Timings()
         tick = time.perf_counter()
         conditioning = self.encode(request)
@@ -323,7 +342,7 @@ class ResAdapterPipeline:
             static |= {"text_embeds": conditioning.pooled, "time_ids": time_ids}
         if ALPHA_INPUT in self.unet_inputs:
             static[ALPHA_INPUT] = torch.tensor(request.alpha, dtype=torch.float32, device=self.device)
-        return static
+        return static | control_static_inputs(request.control)
 
     def denoise(self, request: GenerationRequest, conditioning: Conditioning, timings: Timings,
                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -331,27 +350,33 @@ class ResAdapterPipeline:
         sched = request.noise_scheduler
         scale = self.manifest["vae_scale_factor"]
         shape = (len(request.prompts), 4, request.height // scale, request.width // scale)
-        latents = randn_tensor(shape, generator=request.generator, dtype=torch.float32).to(self.device)
         sched.set_timesteps(request.steps)
-        latents = latents * sched.init_noise_sigma
+        if request.init_image is None:
+            latents = randn_tensor(shape, generator=request.generator, dtype=torch.float32).to(self.device) * sched.init_noise_sigma
+            timesteps = sched.timesteps
+        else:  # image-to-image: fewer steps, from the noised source image
+            timesteps, latents = image_to_image_start(request.init_image, sched, request.steps, self.runners[VAE_ENCODER],
+                                                      self.manifest["vae_scaling_factor"], len(request.prompts), request.generator)
+            latents = latents.to(self.device)
         static = self.unet_static_inputs(request, conditioning)
         step_kwargs = {"generator": request.generator} if "generator" in _step_parameters(sched) else {}
         cfg, guidance = request.cfg, request.guidance_scale
 
         loop_start = time.perf_counter()
-        for index, t in enumerate(sched.timesteps):
+        for index, t in enumerate(timesteps):
             model_input = torch.cat([latents, latents]) if cfg else latents
             model_input = sched.scale_model_input(model_input, t)
             timestep = t.to(self.device, torch.float32).expand(model_input.shape[0]).contiguous()
             tick = time.perf_counter()
-            noise = self.runners["unet"](sample=model_input, timestep=timestep, **static)["out_sample"]
+            control = control_step_inputs(request.control, index, len(timesteps), self.device)
+            noise = self.runners["unet"](sample=model_input, timestep=timestep, **static, **control)["out_sample"]
             timings.unet_steps.append(time.perf_counter() - tick)
             if cfg:
                 uncond, text = noise.chunk(2)
                 noise = uncond + guidance * (text - uncond)
             latents = sched.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             if callback is not None:
-                callback(index + 1, request.steps)
+                callback(index + 1, len(timesteps))
         timings.host_overhead = time.perf_counter() - loop_start - sum(timings.unet_steps)
         return latents
 
@@ -367,7 +392,9 @@ class ResAdapterPipeline:
                 "height": request.height, "steps": request.steps, "scheduler": request.scheduler,
                 "scheduler_class": type(request.noise_scheduler).__name__,
                 "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
-                "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family}
+                "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family,
+                **(request.control.parameters() if request.control else {}),
+                **({"strength": request.init_image.strength} if request.init_image else {})}
 
 
 def _step_parameters(scheduler) -> set[str]:

@@ -150,7 +150,9 @@ def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | Non
     from ..models.merge import merge_adapter, merge_loras
     from ..models.components import load_components
     from ..models.provenance import check_adapter_files, recorded_sources
-    from ..export.specs import TextEncoderForExport, UNetForExport, VaeDecoderForExport
+    from ..export.controlnet import unet_export_module
+    from ..export.specs import TextEncoderForExport, VaeDecoderForExport
+    from ..models.controlnet import load_controlnet, recorded_controlnets
 
     sources = recorded_sources(manifest["sources"], export_dir)
     components = load_components(sources.model)
@@ -162,19 +164,26 @@ def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | Non
     networks = {"unet": unet, **{n: getattr(components, n) for n in ("text_encoder", "text_encoder_2") if getattr(components, n) is not None}}
     merge_loras(networks, [(read_lora_file(path), weight) for path, weight in sources.loras])
     sdxl = components.family is SDXL
+    controlnets = [load_controlnet(r).model for r in recorded_controlnets(manifest.get("controlnets") or [], export_dir)]
     fused = 0
     if fused_group_norm_default() if fused_group_norm is None else fused_group_norm:
         from ..kernels.fuse import fuse_group_norm_silu
 
         fused = fuse_group_norm_silu(unet) + (fuse_group_norm_silu(components.vae.decoder) if components.vae else 0)
+        fused += sum(fuse_group_norm_silu(controlnet) for controlnet in controlnets)
     device = torch_device()
     specs = manifest["components"]
     io = {name: (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"])) for name, spec in specs.items()}
-    runners: dict[str, Runner] = {"unet": TorchRunner(UNetForExport(unet, sdxl, alpha), *io["unet"], device=device)}
+    unet_module = unet_export_module(unet, controlnets, sdxl, alpha, dynamic)[0]  # ControlNets as the export folds them
+    runners: dict[str, Runner] = {"unet": TorchRunner(unet_module, *io["unet"], device=device)}
     for name in ("text_encoder", "text_encoder_2"):
         if name in specs:
             module = TextEncoderForExport(networks[name], all_hidden_states=sdxl, projected=(name == "text_encoder_2"))
             runners[name] = TorchRunner(module, *io[name], device=device)
     if "vae_decoder" in specs:
         runners["vae_decoder"] = TorchRunner(VaeDecoderForExport(components.vae), *io["vae_decoder"], device=device)
+    if "vae_encoder" in specs:
+        from ..export.vae_encoder import VaeEncoderForExport
+
+        runners["vae_encoder"] = TorchRunner(VaeEncoderForExport(components.vae), *io["vae_encoder"], device=device)
     return runners, fused

@@ -280,7 +280,10 @@ def test_export_reuse_follows_the_recorded_source_hashes(tmp_path):
                             validation_sizes=((328, 200, 1),))
     manifest = export_pipeline(options, tmp_path / "onnx", progress=lambda m: None)
     assert stale_reason(manifest, options, tmp_path / "onnx") is None
-    for changed in ({"loras": (f"{lora}:0.3",)}, {"loras": ()}, {"alpha": 0.6}, {"alpha": "dynamic"}, {"resadapter": "tiny-sdxl"}):
+    from controlnet_fixtures import shared_controlnets
+
+    for changed in ({"loras": (f"{lora}:0.3",)}, {"loras": ()}, {"alpha": 0.6}, {"alpha": "dynamic"}, {"resadapter": "tiny-sdxl"},
+                    {"controlnets": (str(shared_controlnets()[0]),)}):
         assert stale_reason(manifest, ExportOptions(**{**options.__dict__, **changed}), tmp_path / "onnx"), changed
     save_file({k: v + 1 for k, v in load_file(str(lora)).items()}, str(lora))
     assert stale_reason(manifest, options, tmp_path / "onnx") == f"LoRA {lora} changed since the export"

@@ -86,3 +86,24 @@ def test_static_size_needs_positive_sides(size):
     with pytest.raises(ResAdapterRTError) as info:
         ResolutionProfile.static(size)
     assert str(info.value) == f"static size {size!r}: width and height must be positive multiples of 8 px, e.g. 1000x600"
+
+
+def test_control_images_get_the_latent_ranges_in_pixels():
+    profile = ResolutionProfile.parse("200-704@0.28-3.5,opt=328x200,batch=1-2")
+    shapes = profile.component_shapes("unet", {**SD15_DIMS, "controlnets": 2})
+    assert shapes["sample"] == ((1, 4, 25, 25), (2, 4, 25, 41), (4, 4, 88, 88))
+    # [N, B, 3, 8H, 8W]: the same batch (CFG-doubled) and 8x the latent box, for each of the two ControlNets
+    assert shapes["controlnet_cond"] == ((2, 1, 3, 200, 200), (2, 2, 3, 200, 328), (2, 4, 3, 704, 704))
+    assert "controlnet_scale" not in shapes  # static [N]: no profile
+    assert "controlnet_cond" not in profile.component_shapes("unet", {**SD15_DIMS, "controlnets": 0})
+
+
+def test_export_dims_count_the_controlnets():
+    from resadapter_rt.engines.build import export_dims
+
+    def manifest(extra):
+        inputs = [{"name": "sample", "shape": ["batch", 4, "h", "w"]}, {"name": "encoder_hidden_states", "shape": ["batch", "tokens", 768]}]
+        return {"components": {"unet": {"inputs": inputs + extra}}}
+
+    assert export_dims(manifest([{"name": "controlnet_cond", "shape": [3, "batch", 3, "height", "width"]}]))["controlnets"] == 3
+    assert "controlnets" not in export_dims(manifest([]))

@@ -141,3 +141,25 @@ def test_a_graph_tensorrt_rtx_cannot_build_is_one_line_and_leaves_no_file(tmp_pa
     message = str(info.value)
     assert message.startswith("text_encoder: the tensorrt-rtx build failed: ") and "\n" not in message
     assert list(engines.iterdir()) == []
+
+
+@pytest.mark.slow  # an export plus three engine builds: 3.5 min on 2 shared cores
+def test_sd15_with_a_controlnet_builds_with_control_images_in_pixel_ranges(tmp_path):
+    """The ControlNet is inside the UNet graph; its control image gets the latent box x 8 as its profile."""
+    import json
+
+    from controlnet_fixtures import shared_controlnets
+    from resadapter_rt.engines.build import export_dims, worker_job
+
+    export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha=0.7, dtype="fp16", target="tensorrt",
+                                  controlnets=(str(shared_controlnets()[0]),), validation_sizes=((264, 392, 1),)),
+                    tmp_path / "onnx", progress=lambda m: None)
+    options = BuildOptions(profiles=(ResolutionProfile.parse("200-512"),), compute_capabilities=("8.6",))
+    result = build_engines(tmp_path, options, progress=lambda m: None)
+    assert sorted(result.built) == ["text_encoder", "unet", "vae_decoder"]
+    assert read_engine_manifest(tmp_path)["components"]["unet"]["size_bytes"] > 100_000
+    dims = export_dims(json.loads((tmp_path / "onnx" / "manifest.json").read_text()))
+    (profile,) = worker_job("unet", tmp_path / "onnx" / "unet" / "model.onnx", options, dims, "fp16", tmp_path / "t")["profiles"]
+    for (n, batch, channels, height, width), (batch2, _, latent_h, latent_w) in zip(profile["controlnet_cond"], profile["sample"]):
+        assert (n, batch, channels, height, width) == (1, batch2, 3, 8 * latent_h, 8 * latent_w)
+    assert profile["controlnet_cond"][0] == [1, 1, 3, 200, 200] and profile["controlnet_cond"][2] == [1, 2, 3, 512, 512]

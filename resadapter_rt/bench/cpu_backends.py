@@ -1,0 +1,178 @@
+"""CPU backends side by side on one export: torch, onnxruntime, openvino fp32 and openvino bf16.
+
+UNet step latency and end-to-end generation time, interleaved in one process (ratios are what to
+read), with each backend's achieved FLOP/s as a share of this machine's matmul peak at its compute
+precision (fp32 and bf16 peaks measured the same way: an OpenVINO MatMul of a large square).
+OpenVINO's compile time is measured cold (empty cache) and cached.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .suite import interleaved, machine_record, unet_gflop
+
+BACKENDS = ("torch", "onnxruntime", "openvino-fp32", "openvino-bf16")
+PEAK_PRECISION = {"torch": "fp32", "onnxruntime": "fp32", "openvino-fp32": "fp32", "openvino-bf16": "bf16"}
+
+
+def openvino_matmul_peak_gflops(precision: str, size: int = 2048, repeats: int = 5) -> float:
+    """Matmul throughput of OpenVINO's CPU plugin at ``precision`` (fp32 | bf16): a size x size MatMul model."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    a = ops.parameter([size, size], ov.Type.f32, name="a")
+    b = ops.constant(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+    model = ov.Model([ops.matmul(a, b, False, False)], [a], "matmul")
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                                                       "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
+    request.infer({0: x})
+    best = min(_timed(lambda: request.infer({0: x})) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def torch_matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """torch's matmul throughput at ``dtype`` (for reference beside OpenVINO's)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def load_pipelines(export_dir: Path, backends=BACKENDS, progress=print) -> tuple[dict, dict]:
+    """One ``ResAdapterPipeline`` per backend, and OpenVINO's cold and cached compile seconds per component."""
+    from ..runtime.pipeline import ResAdapterPipeline
+
+    pipelines, compile_record = {}, {}
+    previous = os.environ.get("RESADAPTER_RT_CACHE")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["RESADAPTER_RT_CACHE"] = cache  # an empty compiled-model cache: the first compile is a cold one
+        try:
+            for name in backends:
+                if name.startswith("openvino"):
+                    precision = name.split("-")[1]
+                    first = ResAdapterPipeline.from_artifacts(export_dir, backend="openvino", cpu_precision=precision)
+                    cold = {c: round(r.compile_seconds, 2) for c, r in first.runners.items()}
+                    del first
+                    gc.collect()
+                    pipe = ResAdapterPipeline.from_artifacts(export_dir, backend="openvino", cpu_precision=precision)
+                    compile_record[name] = {"precision": pipe.precisions, "cold_compile_seconds": cold,
+                                            "cached_compile_seconds": {c: round(r.compile_seconds, 2) for c, r in pipe.runners.items()},
+                                            "cached": all(r.loaded_from_cache for r in pipe.runners.values())}
+                    progress(f"[cpu-backends] {name}: compile {cold} s cold, "
+                             f"{compile_record[name]['cached_compile_seconds']} s from cache")
+                else:
+                    pipe = ResAdapterPipeline.from_artifacts(export_dir, backend=name,
+                                                             **({"fused_group_norm": False} if name == "torch" else {}))
+                pipelines[name] = pipe
+        finally:
+            if previous is None:
+                os.environ.pop("RESADAPTER_RT_CACHE", None)
+            else:
+                os.environ["RESADAPTER_RT_CACHE"] = previous
+    return pipelines, compile_record
+
+
+def unet_step_row(pipelines: dict, width: int, height: int, batch: int, repeats: int, peaks: dict) -> dict:
+    """UNet step latency per backend at one size, interleaved; speed vs onnxruntime; share of the matmul peak."""
+    manifest = next(iter(pipelines.values())).manifest
+    specs = {spec["name"]: spec for spec in manifest["components"]["unet"]["inputs"]}
+    if manifest["family"] != "sd15":
+        raise ValueError("the CPU backend comparison builds SD1.5 UNet inputs; pass an SD1.5 export")
+    g = torch.Generator().manual_seed(0)
+    inputs = {"sample": torch.randn(batch, 4, height // 8, width // 8, generator=g), "timestep": torch.full((batch,), 500.0),
+              "encoder_hidden_states": torch.randn(batch, 77, specs["encoder_hidden_states"]["shape"][2], generator=g)}
+    if "resadapter_alpha" in specs:
+        inputs["resadapter_alpha"] = torch.tensor(0.8)
+    runners = {name: pipe.runners["unet"] for name, pipe in pipelines.items()}
+    gflop = unet_gflop(runners["torch"], inputs) if "torch" in runners else None
+    timing = interleaved({name: (lambda r=r: r(**inputs)) for name, r in runners.items()}, repeats)
+    row = {"width": width, "height": height, "batch": batch, "gflop": None if gflop is None else round(gflop, 1)}
+    for name, stats in timing.items():
+        row[name] = {k: round(v, 1) if k != "runs" else v for k, v in stats.items()}
+        if "onnxruntime" in timing:
+            row[name]["speed_vs_onnxruntime"] = round(timing["onnxruntime"]["median_ms"] / stats["median_ms"], 3)
+        if gflop is not None:
+            achieved = gflop / (stats["median_ms"] / 1e3)
+            row[name]["gflops"] = round(achieved, 1)
+            row[name]["percent_of_peak"] = round(100 * achieved / peaks[PEAK_PRECISION[name]], 1)
+    return row
+
+
+def end_to_end_row(pipelines: dict, width: int, height: int, steps: int, repeats: int) -> dict:
+    """Prompt -> image per backend (CFG, batch 2 in the UNet), interleaved after a one-step warm-up at this size."""
+    def generate(pipe, n):
+        return pipe("a photo of a cat", width=width, height=height, num_inference_steps=n, seed=0, resadapter_alpha=0.8
+                    if pipe.manifest["alpha_mode"] == "dynamic" else None)
+
+    for pipe in pipelines.values():
+        generate(pipe, 1)
+    timing = interleaved({name: (lambda p=pipe: generate(p, steps)) for name, pipe in pipelines.items()}, repeats, warmup=0)
+    row = {"width": width, "height": height, "steps": steps}
+    for name, stats in timing.items():
+        row[name] = {k: round(v, 1) if k != "runs" else v for k, v in stats.items()}
+        if "onnxruntime" in timing:
+            row[name]["speed_vs_onnxruntime"] = round(timing["onnxruntime"]["median_ms"] / stats["median_ms"], 3)
+    return row
+
+
+def run_cpu_backends(export_dir: Path, sizes, batch: int = 2, repeats: int = 2, e2e_steps: int = 4, e2e_repeats: int = 1,
+                     backends=BACKENDS, progress=print) -> dict:
+    """The whole comparison; returns the record (the caller writes it)."""
+    import openvino
+
+    peaks = {"fp32": round(openvino_matmul_peak_gflops("fp32"), 1), "bf16": round(openvino_matmul_peak_gflops("bf16"), 1)}
+    reference = {"torch_fp32": round(torch_matmul_peak_gflops(torch.float32), 1),
+                 "torch_bf16": round(torch_matmul_peak_gflops(torch.bfloat16), 1)}
+    progress(f"[cpu-backends] matmul peak (OpenVINO, 2048²): {peaks} GFLOP/s; torch: {reference}")
+    pipelines, compile_record = load_pipelines(export_dir, backends, progress)
+    record = {"benchmark": "cpu_backends", "export": str(export_dir), "matmul_peak_gflops": peaks,
+              "matmul_peak_reference_gflops": reference, "openvino": openvino.__version__, "compile": compile_record,
+              "unet_step": [], "end_to_end": []}
+    for width, height in sizes:
+        row = unet_step_row(pipelines, width, height, batch, repeats, peaks)
+        record["unet_step"].append(row)
+        progress(f"[cpu-backends] UNet {width}x{height} b{batch}: " + ", ".join(
+            f"{n} {row[n]['median_ms']:.0f} ms ({row[n].get('speed_vs_onnxruntime', 0):.2f}x ORT, "
+            f"{row[n].get('percent_of_peak', float('nan')):.0f}% peak)" for n in pipelines))
+    for width, height in sizes:
+        row = end_to_end_row(pipelines, width, height, e2e_steps, e2e_repeats)
+        record["end_to_end"].append(row)
+        progress(f"[cpu-backends] end to end {width}x{height}, {e2e_steps} steps: " + ", ".join(
+            f"{n} {row[n]['median_ms'] / 1e3:.1f} s ({row[n].get('speed_vs_onnxruntime', 0):.2f}x ORT)" for n in pipelines))
+    record |= machine_record()
+    try:
+        record["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return record
+
+
+def markdown(record: dict) -> str:
+    """The record as two tables: UNet step and end to end, each backend as ms and speed vs onnxruntime."""
+    names = [n for n in BACKENDS if record["unet_step"] and n in record["unet_step"][0]]
+    lines = ["| UNet step | GFLOP | " + " | ".join(names) + " |", "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for r in record["unet_step"]:
+        cells = [f"{r[n]['median_ms']:.0f} ms, {r[n].get('speed_vs_onnxruntime', 0):.2f}x, {r[n].get('percent_of_peak', 0):.0f}%"
+                 for n in names]
+        lines.append(f"| {r['width']}x{r['height']} b{r['batch']} | {r['gflop']} | " + " | ".join(cells) + " |")
+    lines += ["", "| end to end | " + " | ".join(names) + " |", "| --- | " + " | ".join("---" for _ in names) + " |"]
+    for r in record["end_to_end"]:
+        cells = [f"{r[n]['median_ms'] / 1e3:.1f} s, {r[n].get('speed_vs_onnxruntime', 0):.2f}x" for n in names]
+        lines.append(f"| {r['width']}x{r['height']}, {r['steps']} steps | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -14,7 +14,8 @@ from conftest import quiet
 from resadapter_rt import ResAdapterRTError
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline, read_manifest
 from resadapter_rt.pipeline import ResAdapterPipeline
-from resadapter_rt.runtime.openvino_runners import BF16_COMPONENTS, OpenVINORunner, openvino_runners, resolve_cpu_precision
+from resadapter_rt.runtime.openvino_runners import (BF16_COMPONENTS, QUALITY_BOUND, OpenVINORunner, openvino_runners,
+                                                  resolve_cpu_precision)
 
 openvino = pytest.importorskip("openvino")
 NATIVE_BF16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -104,3 +105,19 @@ def test_without_openvino_one_line_names_the_extra(export, tmp_path, monkeypatch
     assert line == ("error: backend 'openvino' needs the OpenVINO runtime, which is not installed; "
                     'pip install -e ".[openvino]"')
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16")
+def test_bf16_image_stays_inside_the_quality_bound(export):
+    """The documented bound (QUALITY_BOUND) on the tiny model: 20 steps, bf16 (auto) vs fp32, decoded [0, 1] pixels."""
+    images = {}
+    for precision in ("fp32", "auto"):
+        pipe = ResAdapterPipeline.from_artifacts(export, backend="openvino", cpu_precision=precision)
+        latents = pipe("a red fox", height=256, width=328, num_inference_steps=20, seed=2, resadapter_alpha=0.8,
+                       output_type="latent").latents
+        decoded = pipe.runners["vae_decoder"](latent_sample=latents / pipe.manifest["vae_scaling_factor"])["sample"]
+        images[precision] = (decoded / 2 + 0.5).clamp(0, 1)
+    difference = images["auto"] - images["fp32"]
+    psnr = float(10 * torch.log10(1 / difference.pow(2).mean()))
+    assert 0 < float(difference.abs().max()) <= QUALITY_BOUND["max_abs_pixel"]
+    assert psnr >= QUALITY_BOUND["psnr_db"]

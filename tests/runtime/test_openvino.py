@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 
 import pytest
 import torch
@@ -121,3 +122,18 @@ def test_bf16_image_stays_inside_the_quality_bound(export):
     psnr = float(10 * torch.log10(1 / difference.pow(2).mean()))
     assert 0 < float(difference.abs().max()) <= QUALITY_BOUND["max_abs_pixel"]
     assert psnr >= QUALITY_BOUND["psnr_db"]
+
+
+def test_concurrent_calls_match_sequential_ones(export):
+    """Each thread gets its own infer request: two threads on one pipeline give the sequential results."""
+    pipe = ResAdapterPipeline.from_artifacts(export, backend="openvino", cpu_precision="fp32")
+
+    def run(seed):
+        return pipe("a boat", height=136, width=200, num_inference_steps=2, seed=seed, output_type="latent").latents
+
+    sequential = {seed: run(seed) for seed in (1, 2)}
+    results = {}
+    threads = [threading.Thread(target=lambda s=s: results.__setitem__(s, run(s))) for s in (1, 2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert all(torch.equal(results[s], sequential[s]) for s in (1, 2))

@@ -60,31 +60,32 @@ def load_pipelines(export_dir: Path, backends=BACKENDS, progress=print) -> tuple
 
     pipelines, compile_record = {}, {}
     previous = os.environ.get("RESADAPTER_RT_CACHE")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["RESADAPTER_RT_CACHE"] = cache  # an empty compiled-model cache: the first compile is a cold one
-        try:
-            for name in backends:
-                if name.startswith("openvino"):
+    try:
+        for name in backends:
+            if name.startswith("openvino"):
+                # an empty compiled-model cache per precision: OpenVINO's CPU blob does not depend on the precision
+                # hint (it is applied at load), so a bf16 start after an fp32 one would load the fp32 compile's blob
+                with tempfile.TemporaryDirectory() as cache:
+                    os.environ["RESADAPTER_RT_CACHE"] = cache
                     precision = name.split("-")[1]
                     first = ResAdapterPipeline.from_artifacts(export_dir, backend="openvino", cpu_precision=precision)
                     cold = {c: round(r.compile_seconds, 2) for c, r in first.runners.items()}
+                    cold_from_cache = any(r.loaded_from_cache for r in first.runners.values())  # False: a real first compile
                     del first
                     gc.collect()
                     pipe = ResAdapterPipeline.from_artifacts(export_dir, backend="openvino", cpu_precision=precision)
-                    compile_record[name] = {"precision": pipe.precisions, "cold_compile_seconds": cold,
-                                            "cached_compile_seconds": {c: round(r.compile_seconds, 2) for c, r in pipe.runners.items()},
-                                            "cached": all(r.loaded_from_cache for r in pipe.runners.values())}
-                    progress(f"[cpu-backends] {name}: compile {cold} s cold, "
-                             f"{compile_record[name]['cached_compile_seconds']} s from cache")
-                else:
-                    pipe = ResAdapterPipeline.from_artifacts(export_dir, backend=name,
-                                                             **({"fused_group_norm": False} if name == "torch" else {}))
-                pipelines[name] = pipe
-        finally:
-            if previous is None:
-                os.environ.pop("RESADAPTER_RT_CACHE", None)
+                compile_record[name] = {"precision": pipe.precisions, "cold_compile_seconds": cold, "cold_from_cache": cold_from_cache,
+                                        "cached_compile_seconds": {c: round(r.compile_seconds, 2) for c, r in pipe.runners.items()},
+                                        "cached": all(r.loaded_from_cache for r in pipe.runners.values())}
+                progress(f"[cpu-backends] {name}: compile {cold} s cold, {compile_record[name]['cached_compile_seconds']} s from cache")
             else:
-                os.environ["RESADAPTER_RT_CACHE"] = previous
+                pipe = ResAdapterPipeline.from_artifacts(export_dir, backend=name, **({"fused_group_norm": False} if name == "torch" else {}))
+            pipelines[name] = pipe
+    finally:
+        if previous is None:
+            os.environ.pop("RESADAPTER_RT_CACHE", None)
+        else:
+            os.environ["RESADAPTER_RT_CACHE"] = previous
     return pipelines, compile_record
 
 

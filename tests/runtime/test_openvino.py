@@ -45,16 +45,20 @@ def test_fp32_final_latents_match_torch_backend_with_dynamic_alpha(export):
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16")
-def test_bf16_is_applied_and_stays_close(export):
+def test_bf16_is_applied_and_stays_close_also_from_a_cache_an_fp32_compile_filled(export):
+    """OpenVINO's CPU cache blob does not depend on the precision hint; it is applied when the blob is loaded."""
     manifest = read_manifest(export)
+    openvino_runners(export, manifest, "fp32")
     runners, chosen = openvino_runners(export, manifest, "auto")
-    fp32 = OpenVINORunner(export / "unet" / "model.onnx", "fp32")
-    assert chosen == "bf16" and {n: r.precision for n, r in runners.items()} == {
-        n: "bf16" if n in BF16_COMPONENTS else "fp32" for n in manifest["components"]}
+    assert chosen == "bf16" and runners["unet"].loaded_from_cache
+    assert {n: r.precision for n, r in runners.items()} == {n: "bf16" if n in BF16_COMPONENTS else "fp32" for n in manifest["components"]}
+    fresh = {p: OpenVINORunner(export / "unet" / "model.onnx", p) for p in ("fp32", "bf16")}  # no cache
     g = torch.Generator().manual_seed(0)
     inputs = dict(sample=torch.randn(2, 4, 25, 41, generator=g), timestep=torch.tensor([700.0, 700.0]),
                   encoder_hidden_states=torch.randn(2, 77, 32, generator=g), resadapter_alpha=torch.tensor(0.8))
-    low, exact = runners["unet"](**inputs)["out_sample"], fp32(**inputs)["out_sample"]
+    cached = runners["unet"](**inputs)["out_sample"]
+    low, exact = (fresh[p](**inputs)["out_sample"] for p in ("bf16", "fp32"))
+    assert torch.equal(cached, low)
     error = float((low - exact).abs().max() / exact.abs().max())
     assert 1e-4 < error < 5e-2  # bf16 really ran (not fp32), and is still close
 

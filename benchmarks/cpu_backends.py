@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--e2e-steps", type=int, default=4)
     parser.add_argument("--e2e-repeats", type=int, default=1)
+    parser.add_argument("--backends", default=",".join(("torch", "onnxruntime", "openvino-fp32", "openvino-bf16")))
+    parser.add_argument("--unet-only", action="store_true", help="only the UNets (no torch, no end to end): less memory")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,9 +59,10 @@ def main() -> None:
             export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic"), export, progress=lambda m: None)
         else:
             export, label = full_size_export(Path(args.full_size)), "sd15-full-size"
-        record = run_cpu_backends(export, sizes, args.batch, args.repeats, args.e2e_steps, args.e2e_repeats)
+        record = run_cpu_backends(export, sizes, args.batch, args.repeats, args.e2e_steps, args.e2e_repeats,
+                                  tuple(args.backends.split(",")), args.unet_only)
     record |= {"label": label, "command": "python benchmarks/cpu_backends.py " + " ".join(sys.argv[1:])}
-    out = REPO / "benchmarks" / "results" / f"cpu_backends_{label}.json"
+    out = REPO / "benchmarks" / "results" / f"cpu_backends_{label}{'_unet' if args.unet_only else ''}.json"
     out.write_text(json.dumps(record, indent=2))
     out.with_suffix(".md").write_text(markdown(record) + "\n")
     print(markdown(record))

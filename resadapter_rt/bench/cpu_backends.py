@@ -89,6 +89,66 @@ def load_pipelines(export_dir: Path, backends=BACKENDS, progress=print) -> tuple
     return pipelines, compile_record
 
 
+class _UNetOnly:
+    """Stands in for a pipeline where only the UNet is loaded (``--unet-only``: a third of the memory)."""
+
+    def __init__(self, directory: Path, manifest: dict, unet) -> None:
+        self.directory, self.manifest, self.runners = directory, manifest, {"unet": unet}
+
+
+def load_unets(export_dir: Path, backends=BACKENDS, progress=print) -> tuple[dict, dict]:
+    """Only each backend's UNet (torch excluded: it rebuilds the whole pipeline), and OpenVINO's compile seconds."""
+    from ..export.exporter import read_manifest
+    from ..runtime.openvino_runners import OpenVINORunner
+    from ..runtime.runners import OnnxRuntimeRunner
+
+    manifest = read_manifest(export_dir)
+    spec = manifest["components"]["unet"]
+    names = (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"]))
+    unets, compile_record = {}, {}
+    for name in backends:
+        if name == "onnxruntime":
+            unets[name] = _UNetOnly(export_dir, manifest, OnnxRuntimeRunner(export_dir / spec["path"], providers=["CPUExecutionProvider"]))
+        elif name.startswith("openvino"):
+            precision = name.split("-")[1]
+            with tempfile.TemporaryDirectory() as cache:
+                cold = OpenVINORunner(export_dir / spec["path"], precision, Path(cache), names=names)
+                cold_seconds = cold.compile_seconds
+                del cold
+                gc.collect()
+                runner = OpenVINORunner(export_dir / spec["path"], precision, Path(cache), names=names)
+            compile_record[name] = {"precision": {"unet": precision}, "cold_compile_seconds": {"unet": round(cold_seconds, 2)},
+                                    "cached_compile_seconds": {"unet": round(runner.compile_seconds, 2)}, "cached": runner.loaded_from_cache}
+            progress(f"[cpu-backends] {name}: UNet compile {cold_seconds:.1f} s cold, {runner.compile_seconds:.1f} s from cache")
+            unets[name] = _UNetOnly(export_dir, manifest, runner)
+        else:
+            raise ValueError(f"--unet-only does not load the {name} backend")
+    return unets, compile_record
+
+
+def meta_unet_gflop(manifest: dict, export_dir: Path, inputs: dict) -> float:
+    """FLOPs of one UNet call counted on the meta device (no weights in memory) from the recorded model's UNet config;
+    the dynamic-alpha LoRA branches are not in it (rank-small next to the convs they sit beside)."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..models.provenance import recorded_sources
+
+    model = recorded_sources(manifest["sources"], export_dir).model
+    if Path(model).is_dir():
+        config = UNet2DConditionModel.load_config(Path(model) / "unet" if (Path(model) / "unet").is_dir() else model)
+    else:  # a built-in tiny model: small enough to load
+        from ..models.components import load_components
+
+        config = load_components(model, unet_only=True).unet.config
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(*(inputs[n].to("meta") for n in ("sample", "timestep", "encoder_hidden_states")))
+    return counter.get_total_flops() / 1e9
+
+
 def unet_step_row(pipelines: dict, width: int, height: int, batch: int, repeats: int, peaks: dict) -> dict:
     """UNet step latency per backend at one size, interleaved; speed vs onnxruntime; share of the matmul peak."""
     manifest = next(iter(pipelines.values())).manifest
@@ -101,17 +161,17 @@ def unet_step_row(pipelines: dict, width: int, height: int, batch: int, repeats:
     if "resadapter_alpha" in specs:
         inputs["resadapter_alpha"] = torch.tensor(0.8)
     runners = {name: pipe.runners["unet"] for name, pipe in pipelines.items()}
-    gflop = unet_gflop(runners["torch"], inputs) if "torch" in runners else None
+    gflop = unet_gflop(runners["torch"], inputs) if "torch" in runners else \
+        meta_unet_gflop(manifest, Path(getattr(next(iter(pipelines.values())), "directory", ".")), inputs)
     timing = interleaved({name: (lambda r=r: r(**inputs)) for name, r in runners.items()}, repeats)
-    row = {"width": width, "height": height, "batch": batch, "gflop": None if gflop is None else round(gflop, 1)}
+    row = {"width": width, "height": height, "batch": batch, "gflop": round(gflop, 1)}
     for name, stats in timing.items():
         row[name] = {k: round(v, 1) if k != "runs" else v for k, v in stats.items()}
         if "onnxruntime" in timing:
             row[name]["speed_vs_onnxruntime"] = round(timing["onnxruntime"]["median_ms"] / stats["median_ms"], 3)
-        if gflop is not None:
-            achieved = gflop / (stats["median_ms"] / 1e3)
-            row[name]["gflops"] = round(achieved, 1)
-            row[name]["percent_of_peak"] = round(100 * achieved / peaks[PEAK_PRECISION[name]], 1)
+        achieved = gflop / (stats["median_ms"] / 1e3)
+        row[name]["gflops"] = round(achieved, 1)
+        row[name]["percent_of_peak"] = round(100 * achieved / peaks[PEAK_PRECISION[name]], 1)
     return row
 
 
@@ -133,15 +193,15 @@ def end_to_end_row(pipelines: dict, width: int, height: int, steps: int, repeats
 
 
 def run_cpu_backends(export_dir: Path, sizes, batch: int = 2, repeats: int = 2, e2e_steps: int = 4, e2e_repeats: int = 1,
-                     backends=BACKENDS, progress=print) -> dict:
-    """The whole comparison; returns the record (the caller writes it)."""
+                     backends=BACKENDS, unet_only: bool = False, progress=print) -> dict:
+    """The whole comparison (``unet_only``: UNet steps only, no end to end); returns the record (the caller writes it)."""
     import openvino
 
     peaks = {"fp32": round(openvino_matmul_peak_gflops("fp32"), 1), "bf16": round(openvino_matmul_peak_gflops("bf16"), 1)}
     reference = {"torch_fp32": round(torch_matmul_peak_gflops(torch.float32), 1),
                  "torch_bf16": round(torch_matmul_peak_gflops(torch.bfloat16), 1)}
     progress(f"[cpu-backends] matmul peak (OpenVINO, 2048²): {peaks} GFLOP/s; torch: {reference}")
-    pipelines, compile_record = load_pipelines(export_dir, backends, progress)
+    pipelines, compile_record = (load_unets if unet_only else load_pipelines)(export_dir, backends, progress)
     record = {"benchmark": "cpu_backends", "export": str(export_dir), "matmul_peak_gflops": peaks,
               "matmul_peak_reference_gflops": reference, "openvino": openvino.__version__, "compile": compile_record,
               "unet_step": [], "end_to_end": []}
@@ -151,7 +211,7 @@ def run_cpu_backends(export_dir: Path, sizes, batch: int = 2, repeats: int = 2, 
         progress(f"[cpu-backends] UNet {width}x{height} b{batch}: " + ", ".join(
             f"{n} {row[n]['median_ms']:.0f} ms ({row[n].get('speed_vs_onnxruntime', 0):.2f}x ORT, "
             f"{row[n].get('percent_of_peak', float('nan')):.0f}% peak)" for n in pipelines))
-    for width, height in sizes:
+    for width, height in [] if unet_only else sizes:
         row = end_to_end_row(pipelines, width, height, e2e_steps, e2e_repeats)
         record["end_to_end"].append(row)
         progress(f"[cpu-backends] end to end {width}x{height}, {e2e_steps} steps: " + ", ".join(

@@ -232,6 +232,8 @@ def markdown(record: dict) -> str:
         cells = [f"{r[n]['median_ms']:.0f} ms, {r[n].get('speed_vs_onnxruntime', 0):.2f}x, {r[n].get('percent_of_peak', 0):.0f}%"
                  for n in names]
         lines.append(f"| {r['width']}x{r['height']} b{r['batch']} | {r['gflop']} | " + " | ".join(cells) + " |")
+    if not record["end_to_end"]:
+        return "\n".join(lines)
     lines += ["", "| end to end | " + " | ".join(names) + " |", "| --- | " + " | ".join("---" for _ in names) + " |"]
     for r in record["end_to_end"]:
         cells = [f"{r[n]['median_ms'] / 1e3:.1f} s, {r[n].get('speed_vs_onnxruntime', 0):.2f}x" for n in names]

@@ -139,8 +139,9 @@ def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, ou
     paths = [output if i == 0 else output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(result.images))]
     for index, (image, path) in enumerate(zip(result.images, paths)):
         _save_png(image, path, {**result.parameters, **extra[1], "image_index": index})
+    precision = f" ({pipe.cpu_precision}: {', '.join(f'{k} {v}' for k, v in pipe.precisions.items())})" if pipe.precisions else ""
     print(f"{', '.join(map(str, paths))}: {width}x{height}, alpha {result.alpha:g} ({result.parameters['alpha_mode']}), "
-          f"{pipe.backend} | {result.timings.summary()}")
+          f"{pipe.backend}{precision} | {result.timings.summary()}")
 
 
 def _check_output_file(output: Path) -> None:
@@ -163,7 +164,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     _check_output_file(Path(args.output))
     from .runtime.controlnet import command_line_control
 
-    pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend)
+    pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend, cpu_precision=args.cpu_precision)
     control = command_line_control(pipe.manifest, args.control_image, args.controlnet_scale, args.control_guidance_start,
                                    args.control_guidance_end, args.canny)
     if args.image is not None:  # image-to-image
@@ -188,11 +189,13 @@ def _cmd_canny(args: argparse.Namespace) -> int:
 
 def _check_generation_args(args: argparse.Namespace) -> None:
     from .runtime.schedulers import check_scheduler_name
+    from .runtime.openvino_runners import check_cpu_precision_for
     from .runtime.runners import check_backend
 
     from .runtime.pipeline import ResAdapterPipeline
 
     check_backend(args.backend)
+    check_cpu_precision_for(args.backend, args.cpu_precision)
     ResAdapterPipeline.check_seed(args.seed)
     check_scheduler_name(args.scheduler)
     if args.alpha != "auto":
@@ -225,7 +228,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"exporting the built-in tiny SD1.5 model with its tiny ResAdapter (dynamic alpha) to {artifacts} ...")
         export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic"), artifacts, force=True,
                         progress=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
-    pipe = ResAdapterPipeline.from_artifacts(artifacts, backend=args.backend)
+    pipe = ResAdapterPipeline.from_artifacts(artifacts, backend=args.backend, cpu_precision=args.cpu_precision)
     for width, height in DEMO_SIZES:
         _generate_images(pipe, args, width, height, Path(args.output_dir) / f"demo-{width}x{height}.png", args.quiet)
     print("note: the built-in tiny model has random weights, so these images are structured noise; "
@@ -244,7 +247,8 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, defaults: dict) -
     parser.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7.0; <= 1 disables)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--alpha", default="auto", help="ResAdapter alpha for dynamic exports: a number in [0, 2] or auto")
-    parser.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) | torch | tensorrt")
+    parser.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) | torch | tensorrt | openvino")
+    parser.add_argument("--cpu-precision", help="openvino only: fp32 | bf16 | auto (default: bf16 where the CPU has native bf16)")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -83,8 +83,28 @@ def machine_record() -> dict:
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
+def openvino_unets(export_dir: Path, manifest: dict) -> dict:
+    """The export's UNet compiled by OpenVINO at fp32 and, where the CPU has native bf16, bf16 (none without openvino)."""
+    try:
+        import openvino
+    except ImportError:
+        return {}
+    from ..runtime.openvino_runners import OpenVINORunner, cpu_capabilities, openvino_cache_dir
+
+    spec = manifest["components"]["unet"]
+    names = (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"]))
+    precisions = ("fp32", "bf16") if "BF16" in cpu_capabilities(openvino.Core()) else ("fp32",)
+    return {f"openvino_{p}": OpenVINORunner(export_dir / spec["path"], p, openvino_cache_dir(spec["sha256"]), names=names)
+            for p in precisions}
+
+
+def row_backends(row: dict) -> list[str]:
+    """The backends a UNet-step row has timings for, in table order."""
+    return [b for b in ("torch", "onnxruntime", "openvino_fp32", "openvino_bf16") if f"{b}_median_ms" in row]
+
+
 def unet_step_rows(export_dir: Path, sizes, batches, repeats: int, label: str) -> list[dict]:
-    """UNet step latency, torch eager vs onnxruntime CPU, on the same merged weights."""
+    """UNet step latency, torch eager vs onnxruntime CPU (and OpenVINO fp32/bf16 when installed), on the same merged weights."""
     from ..export.specs import unet_spec
     from ..runtime.runners import OnnxRuntimeRunner, torch_runners
     from ..export.exporter import read_manifest
@@ -92,6 +112,7 @@ def unet_step_rows(export_dir: Path, sizes, batches, repeats: int, label: str) -
     manifest = read_manifest(export_dir)
     torch_unet = torch_runners(manifest, export_dir, fused_group_norm=False)[0]["unet"]
     ort_unet = OnnxRuntimeRunner(export_dir / "unet" / "model.onnx", providers=["CPUExecutionProvider"])
+    others = openvino_unets(export_dir, manifest)
     unet = torch_unet.module.unet
     sdxl = manifest["family"] == "sdxl"
     rows = []
@@ -100,13 +121,15 @@ def unet_step_rows(export_dir: Path, sizes, batches, repeats: int, label: str) -
             spec = unet_spec(unet, sdxl, dynamic_alpha=manifest["alpha_mode"] == "dynamic")
             inputs = spec.example(batch, height // 8, width // 8)
             gflop = unet_gflop(torch_unet, inputs)
-            timing = interleaved({"torch": lambda: torch_unet(**inputs), "onnxruntime": lambda: ort_unet(**inputs)}, repeats)
+            timing = interleaved({"torch": lambda: torch_unet(**inputs), "onnxruntime": lambda: ort_unet(**inputs),
+                                  **{name: (lambda r=r: r(**inputs)) for name, r in others.items()}}, repeats)
             row = {"model": label, "width": width, "height": height, "batch": batch, "gflop": round(gflop, 1),
                    **{f"{backend}_{k}": round(v, 2) for backend, stats in timing.items() for k, v in stats.items() if k != "runs"},
-                   "ort_speedup_vs_torch": timing["torch"]["median_ms"] / timing["onnxruntime"]["median_ms"]}
+                   "ort_speedup_vs_torch": timing["torch"]["median_ms"] / timing["onnxruntime"]["median_ms"],
+                   **{f"{name}_speedup_vs_ort": timing["onnxruntime"]["median_ms"] / timing[name]["median_ms"] for name in others}}
             rows.append(row)
-            print(f"[bench] {label} {width}x{height} b{batch}: torch {row['torch_median_ms']:.1f} ms, "
-                  f"onnxruntime {row['onnxruntime_median_ms']:.1f} ms, ORT speed-up {row['ort_speedup_vs_torch']:.2f}x", flush=True)
+            print(f"[bench] {label} {width}x{height} b{batch}: " + ", ".join(f"{b} {row[f'{b}_median_ms']:.1f} ms" for b in row_backends(row))
+                  + f", ORT speed-up {row['ort_speedup_vs_torch']:.2f}x", flush=True)
     return rows
 
 
@@ -153,8 +176,9 @@ def exponents(rows: list[dict]) -> dict:
 
 
 def flops_rows(rows: list[dict], peak: float) -> None:
+    """Achieved GFLOP/s per backend and its share of the fp32 matmul peak (bf16 against the same fp32 yardstick)."""
     for row in rows:
-        for backend in ("torch", "onnxruntime"):
+        for backend in row_backends(row):
             achieved = row["gflop"] / (row[f"{backend}_median_ms"] / 1e3)
             row[f"{backend}_gflops"] = round(achieved, 1)
             row[f"{backend}_fraction_of_peak"] = round(achieved / peak, 3)
@@ -185,11 +209,15 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def markdown_table(record: dict) -> str:
-    lines = ["| model | size | batch | GFLOP | torch ms | onnxruntime ms | ORT speed-up | ORT % of matmul peak |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    openvino = [b for b in ("openvino_fp32", "openvino_bf16") if any(f"{b}_median_ms" in r for r in record["unet_step"])]
+    lines = ["| model | size | batch | GFLOP | torch ms | onnxruntime ms | ORT speed-up | ORT % of matmul peak |"
+             + "".join(f" {b} ms (vs ORT) |" for b in openvino),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |" + " --- |" * len(openvino)]
     for r in record["unet_step"]:
         lines.append(f"| {r['model']} | {r['width']}x{r['height']} | {r['batch']} | {r['gflop']} | {r['torch_median_ms']:.1f} | "
-                     f"{r['onnxruntime_median_ms']:.1f} | {r['ort_speedup_vs_torch']:.2f}x | {100 * r['onnxruntime_fraction_of_peak']:.0f}% |")
+                     f"{r['onnxruntime_median_ms']:.1f} | {r['ort_speedup_vs_torch']:.2f}x | {100 * r['onnxruntime_fraction_of_peak']:.0f}% |"
+                     + "".join(f" {r[f'{b}_median_ms']:.1f} ({r[f'{b}_speedup_vs_ort']:.2f}x) |" if f"{b}_median_ms" in r else " - |"
+                               for b in openvino))
     e2e = record.get("end_to_end")
     if e2e:
         lines += ["", f"End to end ({e2e['width']}x{e2e['height']}, {e2e['steps']} steps, tiny SD1.5): resadapter-rt "

@@ -20,6 +20,7 @@ from ..errors import ResAdapterRTError
 from ..export.exporter import check_export_files, read_manifest
 from ..export.specs import ALPHA_INPUT, penultimate_hidden_state
 from ..engines.profiles import FAMILY_PIXEL_RANGE
+from .openvino_runners import check_cpu_precision_for
 from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
 from .prompts import SEQUENCE, chunked_token_ids, chunks_needed, encode_chunks
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
@@ -114,13 +115,16 @@ class ResAdapterPipeline:
         self.profiles = None  # engine profiles (TensorRT backends); None: the export's per-side range
         self.fused_group_norm_pairs = 0  # GroupNorm -> SiLU pairs running as one fused kernel (torch backend)
         self.device = "cuda" if backend == "tensorrt" else "cpu"
+        self.cpu_precision: str | None = None  # openvino backend: "requested -> chosen", e.g. "auto -> bf16"
+        self.precisions: dict[str, str] | None = None  # openvino backend: each component's compute precision
 
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime",
-                       fused_group_norm: bool | None = None) -> "ResAdapterPipeline":
+                       fused_group_norm: bool | None = None, cpu_precision: str | None = None) -> "ResAdapterPipeline":
         """An export directory, or an engine directory from ``resadapter-rt build`` (its export is in ``onnx/``).
 
-        ``fused_group_norm`` applies to the torch backend (default: on with CUDA and Triton).
+        ``fused_group_norm`` applies to the torch backend (default: on with CUDA and Triton);
+        ``cpu_precision`` (fp32 | bf16 | auto, default auto) to the openvino backend.
         """
         from ..engines.profiles import ResolutionProfile, preset_for
         from .runners import onnxruntime_tensorrt_runners, tensorrt_runners, torch_device
@@ -129,6 +133,7 @@ class ResAdapterPipeline:
         if not directory.is_dir():
             raise ResAdapterRTError(f"{directory}: no such artifacts directory; create it with `resadapter-rt export --out {directory} ...`")
         check_backend(backend)
+        check_cpu_precision_for(backend, cpu_precision)
         export_dir = directory / "onnx" if (directory / "onnx").is_dir() else directory
         manifest = read_manifest(export_dir)
         check_export_files(export_dir, manifest)
@@ -137,6 +142,10 @@ class ResAdapterPipeline:
             runners = onnxruntime_runners(export_dir, manifest)
         elif backend == "torch":
             runners, fused = torch_runners(manifest, export_dir, fused_group_norm)
+        elif backend == "openvino":
+            from .openvino_runners import openvino_runners
+
+            runners, resolved = openvino_runners(export_dir, manifest, cpu_precision or "auto")
         else:
             engine_manifest = directory / "manifest.json"
             specs = json.loads(engine_manifest.read_text()).get("profiles", []) if engine_manifest.is_file() and export_dir != directory else []
@@ -145,6 +154,9 @@ class ResAdapterPipeline:
                 onnxruntime_tensorrt_runners(export_dir, manifest, profiles, directory / "ort_trt_cache")
         pipe = cls(export_dir, manifest, runners, backend)
         pipe.profiles, pipe.fused_group_norm_pairs = profiles, fused
+        if backend == "openvino":
+            pipe.cpu_precision = f"{cpu_precision or 'auto'} -> {resolved}"
+            pipe.precisions = {name: runner.precision for name, runner in runners.items()}
         if backend == "torch":
             pipe.device = torch_device()
         return pipe
@@ -394,7 +406,8 @@ class ResAdapterPipeline:
                 "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
                 "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family,
                 **(request.control.parameters() if request.control else {}),
-                **({"strength": request.init_image.strength} if request.init_image else {})}
+                **({"strength": request.init_image.strength} if request.init_image else {}),
+                **({"cpu_precision": self.cpu_precision, "precision": dict(self.precisions)} if self.precisions else {})}
 
 
 def _step_parameters(scheduler) -> set[str]:

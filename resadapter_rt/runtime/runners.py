@@ -3,7 +3,8 @@
 A runner maps named CPU/GPU torch tensors to named torch tensors. Backends:
 ``torch`` (reference; rebuilt from the export's recorded sources), ``onnxruntime`` (CPU provider,
 CUDA/TensorRT providers when onnxruntime-gpu is installed), ``tensorrt`` (TensorRT or TensorRT-RTX engines
-from ``resadapter-rt build``).
+from ``resadapter-rt build``), ``openvino`` (the export's ONNX files on the CPU, fp32 or bf16; see
+``openvino_runners``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from ..errors import ResAdapterRTError
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt", "onnxruntime-tensorrt")
+BACKENDS = ("onnxruntime", "torch", "tensorrt", "onnxruntime-tensorrt", "openvino")
 
 
 class Runner(Protocol):

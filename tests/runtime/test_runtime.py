@@ -139,7 +139,8 @@ def test_generate_cli_writes_png_with_parameters(artifacts, tmp_path, capsys):
                           "choose a size in that range, or export a model whose adapter covers it"),
     (["--steps", "0"], "error: steps must be a positive integer, got 0"),
     (["--scheduler", "plms"], "error: unknown scheduler 'plms'; choose one of model, dpm++2m-karras, dpm++2m, euler, euler-a, ddim, lcm"),
-    (["--backend", "openvino"], "error: unknown backend 'openvino'; choose one of onnxruntime, torch, tensorrt, onnxruntime-tensorrt"),
+    (["--backend", "tflite"], "error: unknown backend 'tflite'; choose one of onnxruntime, torch, tensorrt, onnxruntime-tensorrt, "
+                              "openvino"),
     (["--guidance", "-1"], "error: guidance scale must be >= 0, got -1.0"),
     (["--prompt", "  "], "error: prompt is empty; pass the text to generate from"),
     (["--alpha", "high"], "error: alpha 'high' is not a number; use a value in [0, 2], e.g. 1.0 (official 0.2-1.0)"),

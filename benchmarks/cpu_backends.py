@@ -1,0 +1,73 @@
+"""CPU backends side by side: torch, onnxruntime, openvino fp32, openvino bf16 (UNet step and end to end).
+
+    python benchmarks/cpu_backends.py --full-size DIR [--sizes 256x256,512x512] [--batch 2] [--repeats 2] [--e2e-steps 4]
+    python benchmarks/cpu_backends.py --tiny
+
+--full-size DIR: the full-size SD1.5 pipeline (random weights, benchmarks/build_full_size.py) exported with the real
+resadapter_v2_sd1.5 and dynamic alpha into DIR/export (made once if missing: ~15 GiB RAM, minutes) and reused.
+Writes benchmarks/results/cpu_backends_<label>.json and .md (see resadapter_rt/bench/cpu_backends.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ADAPTER = REPO.parent / "shared/resadapter/resadapter_v2_sd1.5"
+
+
+def full_size_export(directory: Path) -> Path:
+    """DIR/export: the full-size random-weight SD1.5 pipeline with resadapter_v2_sd1.5, dynamic alpha (made if missing)."""
+    export = directory / "export"
+    if not (export / "manifest.json").is_file():
+        sys.path.insert(0, str(Path(__file__).parent))
+        from build_full_size import full_size_pipeline
+
+        if not (directory / "model").is_dir():
+            full_size_pipeline(directory / "model")
+        subprocess.run([sys.executable, "-m", "resadapter_rt.cli", "export", "--model", str(directory / "model"),
+                        "--resadapter", str(ADAPTER), "--alpha", "dynamic", "--out", str(export)], check=True)
+    return export
+
+
+def main() -> None:
+    from resadapter_rt.bench.cpu_backends import markdown, run_cpu_backends
+
+    parser = argparse.ArgumentParser()
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--full-size", metavar="DIR", help="where the full-size export is kept (made if missing)")
+    source.add_argument("--tiny", action="store_true", help="the tiny SD1.5 model (seconds; a smoke run)")
+    parser.add_argument("--sizes", default="256x256,512x512")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--e2e-steps", type=int, default=4)
+    parser.add_argument("--e2e-repeats", type=int, default=1)
+    parser.add_argument("--backends", default=",".join(("torch", "onnxruntime", "openvino-fp32", "openvino-bf16")))
+    parser.add_argument("--unet-only", action="store_true", help="only the UNets (no torch, no end to end): less memory")
+    args = parser.parse_args()
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            from resadapter_rt.export.exporter import ExportOptions, export_pipeline
+
+            export, label = Path(tmp) / "tiny", "tiny-sd15"
+            export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic"), export, progress=lambda m: None)
+        else:
+            export, label = full_size_export(Path(args.full_size)), "sd15-full-size"
+        record = run_cpu_backends(export, sizes, args.batch, args.repeats, args.e2e_steps, args.e2e_repeats,
+                                  tuple(args.backends.split(",")), args.unet_only)
+    record |= {"label": label, "command": "python benchmarks/cpu_backends.py " + " ".join(sys.argv[1:])}
+    out = REPO / "benchmarks" / "results" / f"cpu_backends_{label}{'_unet' if args.unet_only else ''}.json"
+    out.write_text(json.dumps(record, indent=2))
+    out.with_suffix(".md").write_text(markdown(record) + "\n")
+    print(markdown(record))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

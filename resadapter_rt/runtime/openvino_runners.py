@@ -11,7 +11,8 @@ precision it was compiled with.
 
 Compiled models are cached on disk (OpenVINO's ``CACHE_DIR``) under the project cache, one folder
 per component file hash, so a second start skips compilation; each runner records how long its
-compile (or cache load) took and whether it came from the cache.
+compile (or cache load) took and whether it came from the cache. The CPU plugin's blob does not
+depend on the precision hint (it is applied when the blob is loaded), so fp32 and bf16 share it.
 """
 
 from __future__ import annotations
@@ -155,8 +156,3 @@ def openvino_runners(directory: Path, manifest: dict, cpu_precision: str = "auto
                for name, spec in manifest["components"].items()}
     return runners, precision
 
-
-def describe_compile(runners: dict[str, OpenVINORunner]) -> str:
-    """``unet 12.3 s compiled, text_encoder 0.4 s from cache, ...``: what starting the backend cost."""
-    return ", ".join(f"{name} {r.compile_seconds:.1f} s {'from cache' if r.loaded_from_cache else 'compiled'}"
-                     for name, r in runners.items())

@@ -141,3 +141,16 @@ def test_concurrent_calls_match_sequential_ones(export):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert all(torch.equal(results[s], sequential[s]) for s in (1, 2))
+
+
+def test_exports_openvino_cannot_read_are_refused(export):
+    manifest = read_manifest(export)
+    with pytest.raises(ResAdapterRTError) as raised:
+        openvino_runners(export, manifest | {"target": "cuda"}, "fp32")
+    assert str(raised.value) == (f"{export}: this export targets CUDA (fused GroupNorm ops OpenVINO cannot read); "
+                                 "re-export with --target cpu for the openvino backend")
+    fp16 = {**manifest, "components": {**manifest["components"], "unet": {**manifest["components"]["unet"], "dtype": "fp16"}}}
+    with pytest.raises(ResAdapterRTError) as raised:
+        openvino_runners(export, fp16, "fp32")
+    assert str(raised.value) == (f"{export}: the openvino backend reads fp32 exports (bf16 is chosen at compile time with "
+                                 "--cpu-precision); re-export with --dtype fp32")

@@ -309,6 +309,9 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         }
         worst = max(r["relative_error"] for r in results)
         progress(f"[export] {spec.name}: ok ({exported:.1f} s, worst relative error {worst:.1e})")
+    # Listed UNet first, as readers expect, although it was exported last.
+    manifest["components"] = {name: manifest["components"][name]
+                              for name in sorted(manifest["components"], key=lambda name: name != "unet")}
     for name in ("tokenizer", "tokenizer_2", "scheduler"):
         part = getattr(components, name)
         if part is not None:

@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .alpha_policy import auto_alpha
@@ -364,6 +363,8 @@ class ResAdapterPipeline:
         shape = (len(request.prompts), 4, request.height // scale, request.width // scale)
         sched.set_timesteps(request.steps)
         if request.init_image is None:
+            from diffusers.utils.torch_utils import randn_tensor  # here: importing it loads torch._dynamo and Triton
+
             latents = randn_tensor(shape, generator=request.generator, dtype=torch.float32).to(self.device) * sched.init_noise_sigma
             timesteps = sched.timesteps
         else:  # image-to-image: fewer steps, from the noised source image

@@ -38,7 +38,8 @@ def test_latent_box_and_unet_shapes_with_cfg_doubling():
     assert shapes["encoder_hidden_states"] == ((1, 77, 2048), (2, 77, 2048), (4, 154, 2048))
     assert shapes["text_embeds"] == ((1, 1280), (2, 1280), (4, 1280)) and shapes["time_ids"][2] == (4, 6)
     assert set(profile.component_shapes("unet", SD15_DIMS)) == {"sample", "timestep", "encoder_hidden_states"}
-    assert profile.component_shapes("text_encoder", SD15_DIMS) == {"input_ids": ((1, 77), (1, 77), (2, 77))}
+    # tokens up to 154: a long prompt runs one 77-token row per chunk, so up to 2 images x 2 chunks
+    assert profile.component_shapes("text_encoder", SD15_DIMS) == {"input_ids": ((1, 77), (1, 77), (4, 77))}
     assert profile.component_shapes("vae_decoder", SD15_DIMS)["latent_sample"][1] == (1, 4, 75, 125)
 
 

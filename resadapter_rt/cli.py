@@ -129,12 +129,17 @@ def _generate_images(pipe, args: argparse.Namespace, width: int, height: int, ou
     """``extra``: further pipeline keyword arguments and the PNG metadata that records them (ControlNet)."""
     from tqdm import tqdm
 
-    bar = None if quiet else tqdm(total=args.steps, desc=f"{width}x{height}", unit="step", file=sys.stderr, leave=False)
+    bars = []  # drawn at the first step, so that a refused request prints only its one error line
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc=f"{width}x{height}", unit="step", file=sys.stderr, leave=False))
+        bars[0].update(1)
+
     result = pipe(args.prompt, height=height, width=width, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   negative_prompt=args.negative_prompt, seed=args.seed, num_images_per_prompt=args.num_images,
-                  resadapter_alpha=args.alpha, scheduler=args.scheduler,
-                  callback=None if bar is None else (lambda done, total: bar.update(1)), **extra[0])
-    if bar is not None:
+                  resadapter_alpha=args.alpha, scheduler=args.scheduler, callback=None if quiet else progress, **extra[0])
+    for bar in bars:
         bar.close()
     paths = [output if i == 0 else output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(result.images))]
     for index, (image, path) in enumerate(zip(result.images, paths)):

@@ -125,6 +125,9 @@ CASES = [
     ("generate-seed-range", lambda r, g: copy_export(g, r), [*GEN, "--seed", str(2**64)],
      f"seed {2**64} is out of range"),
     ("generate-seed-text", lambda r, g: copy_export(g, r), [*GEN, "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+    ("generate-size-with-progress", lambda r, g: copy_export(g, r),  # without -q: no progress bar before the error
+     ["generate", "--artifacts", "exp", "--prompt", "a cat", "--width", "2048", "--height", "128", "--steps", "2"],
+     "width 2048 px is outside what exp covers (128-1024 px per side, every multiple of 8)"),
     ("generate-lcm-steps", lambda r, g: copy_export(g, r), [*GEN_NO_STEPS, "--steps", "60", "--scheduler", "lcm"],
      "60 steps is more than the lcm scheduler supports here (at most 50)"),
     ("generate-ddim-steps", lambda r, g: copy_export(g, r), [*GEN_NO_STEPS, "--steps", "1001", "--scheduler", "ddim"],

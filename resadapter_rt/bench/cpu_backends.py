@@ -11,13 +11,12 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .suite import interleaved, machine_record, unet_gflop
+from .suite import interleaved, machine_record, matmul_peak_gflops, timed, unet_gflop
 
 BACKENDS = ("torch", "onnxruntime", "openvino-fp32", "openvino-bf16")
 PEAK_PRECISION = {"torch": "fp32", "onnxruntime": "fp32", "openvino-fp32": "fp32", "openvino-bf16": "bf16"}
@@ -36,22 +35,8 @@ def openvino_matmul_peak_gflops(precision: str, size: int = 2048, repeats: int =
     request = compiled.create_infer_request()
     x = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
     request.infer({0: x})
-    best = min(_timed(lambda: request.infer({0: x})) for _ in range(repeats))
+    best = min(timed(lambda: request.infer({0: x})) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
-
-
-def torch_matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """torch's matmul throughput at ``dtype`` (for reference beside OpenVINO's)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def load_pipelines(export_dir: Path, backends=BACKENDS, progress=print) -> tuple[dict, dict]:
@@ -198,8 +183,8 @@ def run_cpu_backends(export_dir: Path, sizes, batch: int = 2, repeats: int = 2, 
     import openvino
 
     peaks = {"fp32": round(openvino_matmul_peak_gflops("fp32"), 1), "bf16": round(openvino_matmul_peak_gflops("bf16"), 1)}
-    reference = {"torch_fp32": round(torch_matmul_peak_gflops(torch.float32), 1),
-                 "torch_bf16": round(torch_matmul_peak_gflops(torch.bfloat16), 1)}
+    reference = {"torch_fp32": round(matmul_peak_gflops(dtype=torch.float32), 1),
+                 "torch_bf16": round(matmul_peak_gflops(dtype=torch.bfloat16), 1)}
     progress(f"[cpu-backends] matmul peak (OpenVINO, 2048²): {peaks} GFLOP/s; torch: {reference}")
     pipelines, compile_record = (load_unets if unet_only else load_pipelines)(export_dir, backends, progress)
     record = {"benchmark": "cpu_backends", "export": str(export_dir), "matmul_peak_gflops": peaks,

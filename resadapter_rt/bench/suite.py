@@ -39,15 +39,15 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int, warmup
     return {name: summarize(values) for name, values in times.items()}
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This machine's fp32 matmul throughput (torch, all threads): the FLOP/s yardstick."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matmul throughput at ``dtype`` (torch, all threads): the FLOP/s yardstick."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(timed(lambda: a @ b) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

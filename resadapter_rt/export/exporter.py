@@ -219,6 +219,9 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     loras = [(read_lora_file(Path(p)), w) for p, w in map(parse_lora_spec, options.loras)]
     components = load_components(options.model, config=options.config)
     sdxl = components.family is SDXL
+    if options.vae_encoder and components.vae is None:
+        raise ResAdapterRTError(f"--vae-encoder needs the model's VAE, but {options.model} is a UNet only; "
+                                "export a whole pipeline directory or checkpoint for image-to-image")
     controlnets = load_controlnets(options.controlnets, components.unet)
 
     # The components were loaded here and are ours: merge in place instead of holding a second copy

@@ -93,6 +93,9 @@ CASES = [
     ("export-out-file", lambda r, g: (r / "afile").write_text("x"), ["export", *TINY, "--out", "afile", "-q"],
      "afile: exists and is not a directory"),
     ("export-dtype", None, ["export", *TINY, "--dtype", "fp64", "--out", "o", "-q"], "unknown dtype 'fp64'; choose fp32 or fp16"),
+    ("export-vae-encoder-unet-only", lambda r, g: shutil.copytree(tiny_pipeline_dir(SD15) / "unet", r / "unet"),
+     ["export", "--model", "unet", "--resadapter", "tiny-sd15", "--vae-encoder", "--out", "o", "-q"],
+     "--vae-encoder needs the model's VAE, but unet is a UNet only; export a whole pipeline directory or checkpoint for image-to-image"),
     ("export-validation-sizes", None, ["export", *TINY, "--validation-sizes", "328x200x2,1000", "--out", "o", "-q"],
      "--validation-sizes: '1000' is not WIDTHxHEIGHT[xBATCH]; write e.g. 328x200x2,1000x600 "
      "(default 328x200x2,1000x600x1,280x1000x1,1008x288x1)"),

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ResAdapterRTError
 from ..files import PICKLE_SUFFIXES
 from .hub import resolve_reference
-from .provenance import _check_same, _recorded_path, files_sha256, source_entry
+from .provenance import check_same_files, recorded_path, files_sha256, source_entry
 
 _HUB_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
 DIFFUSERS_PREFIXES = ("controlnet_cond_embedding.", "controlnet_down_blocks.", "conv_in.")
@@ -115,13 +115,13 @@ def recorded_controlnets(entries: list[dict], export_dir: Path) -> list[str]:
     """The local paths (or hub ids) of a manifest's ControlNets, their files checked against the recorded hashes."""
     references = []
     for entry in entries:
-        reference = _recorded_path(entry, Path(export_dir), "ControlNet")
+        reference = recorded_path(entry, Path(export_dir), "ControlNet")
         path = Path(reference)
         if path.exists():
             current = files_sha256(path)
             if path.is_file() and (path.parent / "config.json").is_file():
                 current |= files_sha256(path.parent / "config.json")
-            _check_same(entry["files"], current, "ControlNet", reference)
+            check_same_files(entry["files"], current, "ControlNet", reference)
         references.append(reference)
     return references
 

@@ -71,7 +71,7 @@ class RecordedSources:
     loras: list[tuple[Path, float]]
 
 
-def _recorded_path(entry: dict, export_dir: Path, what: str) -> str:
+def recorded_path(entry: dict, export_dir: Path, what: str) -> str:
     """Where a recorded source is now: builtin names and hub ids as they are, local paths checked."""
     kind = entry.get("kind") or ("builtin" if entry["source"] in TINY_MODELS else "local")
     if kind in ("builtin", "hub"):
@@ -85,7 +85,8 @@ def _recorded_path(entry: dict, export_dir: Path, what: str) -> str:
     return str(path)
 
 
-def _check_same(recorded: dict[str, str], current: dict[str, str], what: str, where: str) -> None:
+def check_same_files(recorded: dict[str, str], current: dict[str, str], what: str, where: str) -> None:
+    """Refuse, in one line naming the file, a source whose files' sha256 differ from what was recorded."""
     for name, digest in recorded.items():
         if current.get(name) != digest:
             state = "is missing" if name not in current else "has changed"
@@ -96,15 +97,15 @@ def _check_same(recorded: dict[str, str], current: dict[str, str], what: str, wh
 def recorded_sources(sources: dict, export_dir: Path) -> RecordedSources:
     """Resolve a manifest's sources (local paths exactly as recorded) and check the model and LoRA hashes."""
     export_dir = Path(export_dir)
-    model = _recorded_path({"source": sources["model"], "kind": sources.get("model_kind"), "path": sources.get("model_path")},
+    model = recorded_path({"source": sources["model"], "kind": sources.get("model_kind"), "path": sources.get("model_path")},
                            export_dir, "model")
     if sources.get("model_files"):
-        _check_same(sources["model_files"], files_sha256(Path(model)), "model", model)
-    resadapter = _recorded_path(sources["resadapter"], export_dir, "ResAdapter")
+        check_same_files(sources["model_files"], files_sha256(Path(model)), "model", model)
+    resadapter = recorded_path(sources["resadapter"], export_dir, "ResAdapter")
     loras = []
     for item in sources["loras"]:
-        path = Path(_recorded_path(item, export_dir, "LoRA"))
-        _check_same({path.name: item["sha256"]}, {path.name: sha256_file(path)}, "LoRA", str(path))
+        path = Path(recorded_path(item, export_dir, "LoRA"))
+        check_same_files({path.name: item["sha256"]}, {path.name: sha256_file(path)}, "LoRA", str(path))
         loras.append((path, item["weight"]))
     return RecordedSources(model=model, resadapter=resadapter, loras=loras)
 
@@ -112,4 +113,4 @@ def recorded_sources(sources: dict, export_dir: Path) -> RecordedSources:
 def check_adapter_files(adapter: ResAdapterWeights, sources: dict) -> None:
     """The loaded adapter's files must hash as recorded."""
     current = {p.name: sha256_file(p) for p in adapter.files}
-    _check_same(sources["resadapter"]["files"], current, "ResAdapter", adapter.source)
+    check_same_files(sources["resadapter"]["files"], current, "ResAdapter", adapter.source)

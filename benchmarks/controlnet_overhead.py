@@ -20,9 +20,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from resadapter_rt.export.controlnet import controlnet_unet_spec
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
-from resadapter_rt.export.specs import unet_spec
+from resadapter_rt.export.unet import unet_spec
 from resadapter_rt.models import load_components
 from resadapter_rt.models.families import SD15
 from resadapter_rt.models.tiny import tiny_controlnet
@@ -52,7 +51,7 @@ def main() -> None:
             options = ort.SessionOptions()
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sessions[count] = ort.InferenceSession(str(out / "unet" / "model.onnx"), options, providers=["CPUExecutionProvider"])
-            specs[count] = controlnet_unet_spec(unet, False, False, count) if count else unet_spec(unet, False, False)
+            specs[count] = unet_spec(unet, False, False, controlnets=count)
         for width, height in sizes:
             feeds = {c: {k: v.numpy() for k, v in specs[c].example(args.batch, height // 8, width // 8).items()} for c in sessions}
             times = {c: [] for c in sessions}

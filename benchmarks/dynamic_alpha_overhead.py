@@ -21,7 +21,7 @@ import torch
 
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.models import load_components
-from resadapter_rt.export.specs import unet_spec
+from resadapter_rt.export.unet import unet_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

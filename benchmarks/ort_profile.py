@@ -15,7 +15,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline, read_manifest
-from resadapter_rt.export.specs import unet_spec
+from resadapter_rt.export.unet import unet_spec
 from resadapter_rt.runtime.runners import torch_runners
 
 REPO = Path(__file__).resolve().parents[1]

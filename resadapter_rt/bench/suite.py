@@ -105,7 +105,7 @@ def row_backends(row: dict) -> list[str]:
 
 def unet_step_rows(export_dir: Path, sizes, batches, repeats: int, label: str) -> list[dict]:
     """UNet step latency, torch eager vs onnxruntime CPU (and OpenVINO fp32/bf16 when installed), on the same merged weights."""
-    from ..export.specs import unet_spec
+    from ..export.unet import unet_spec
     from ..runtime.runners import OnnxRuntimeRunner, torch_runners
     from ..export.exporter import read_manifest
 

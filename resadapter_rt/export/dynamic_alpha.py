@@ -18,16 +18,16 @@ from ..models.adapter import ResAdapterWeights
 from ..models.lora import LoraLayer
 
 
-class AlphaSource:
-    """The alpha of the call in progress, bound to that call rather than stored on the module.
+class CallScalar:
+    """A scalar graph input (the ResAdapter alpha, the IP-Adapter scale) bound to the call in progress.
 
-    ``bound(alpha)`` sets it for the duration of one forward in the caller's context (a
-    ``ContextVar``), so two threads running the same UNet with different alphas each see their
-    own; outside a call the branches fall back to 1.0.
+    ``bound(value)`` sets it for the duration of one forward in the caller's context (a
+    ``ContextVar``), so two threads running the same UNet with different values each see their
+    own; outside a call it falls back to 1.0.
     """
 
     def __init__(self) -> None:
-        self._current: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("resadapter_alpha", default=None)
+        self._current: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("call_scalar", default=None)
 
     def __getstate__(self) -> dict:
         return {}  # a copy (deepcopy, pickle) gets its own, unbound variable
@@ -36,8 +36,8 @@ class AlphaSource:
         self.__init__()
 
     @contextlib.contextmanager
-    def bound(self, alpha: torch.Tensor) -> Iterator[None]:
-        token = self._current.set(alpha)
+    def bound(self, value: torch.Tensor) -> Iterator[None]:
+        token = self._current.set(value)
         try:
             yield
         finally:
@@ -52,7 +52,7 @@ class AlphaSource:
 class LoraBranchConv2d(nn.Module):
     """A conv plus its low-rank branch, scaled by an externally supplied alpha."""
 
-    def __init__(self, base: nn.Conv2d, layer: LoraLayer, alpha: AlphaSource) -> None:
+    def __init__(self, base: nn.Conv2d, layer: LoraLayer, alpha: CallScalar) -> None:
         super().__init__()
         self.base = base
         rank = layer.rank
@@ -69,9 +69,9 @@ class LoraBranchConv2d(nn.Module):
         return self.base(x) + self.alpha.value.to(x.dtype) * self.up(self.down(x))
 
 
-def attach_lora_branches(unet: nn.Module, adapter: ResAdapterWeights) -> AlphaSource:
+def attach_lora_branches(unet: nn.Module, adapter: ResAdapterWeights) -> CallScalar:
     """Replace each adapted sampler conv of ``unet`` (in place) by a ``LoraBranchConv2d``."""
-    alpha = AlphaSource()
+    alpha = CallScalar()
     for key, layer in adapter.lora.for_component("unet").items():
         parent_name, _, child = key.rpartition(".")
         parent = unet.get_submodule(parent_name)

@@ -29,9 +29,11 @@ from .interop import interop_record, write_loader_files
 from .graph import EXTERNAL_DATA_SUFFIX, cleanup, detach_weights, group_norm_counts, save
 from .ort_fusion import fuse_for_cuda
 from .precision import half_precision
-from .controlnet import unet_export_module
+from .unet import IPAdapterInputs, unet_export_module
+from .ip_adapter import attach_ip_adapter, image_encoder_job
 from .vae_encoder import vae_encoder_job
 from ..models.controlnet import load_controlnets
+from ..models.ip_adapter import check_ip_adapter_fits, load_ip_adapter, parse_ip_adapter_scale
 from .specs import (ComponentSpec, TextEncoderForExport, VaeDecoderForExport, text_encoder_spec,
                          upsample_sizes_from_skips, vae_decoder_spec)
 from ..models.provenance import merge_record
@@ -78,6 +80,9 @@ class ExportOptions:
     validation_sizes: tuple[tuple[int, int, int], ...] = VALIDATION_SIZES
     controlnets: tuple[str, ...] = ()  # folded into the UNet graph (export/controlnet.py)
     vae_encoder: bool = False  # also export the VAE encoder (image-to-image; export/vae_encoder.py)
+    ip_adapter: str | None = None  # an IP-Adapter file, inside the UNet graph (export/ip_adapter.py)
+    image_encoder: str | None = None  # its CLIP image encoder (default: image_encoder/ beside the file)
+    ip_adapter_scale: float | str = "dynamic"  # a runtime input, or baked at a number
 
     def checked(self) -> "ExportOptions":
         if self.target not in TARGETS:
@@ -88,7 +93,16 @@ class ExportOptions:
         for width, height, _ in self.validation_sizes:
             if width % 8 or height % 8:
                 raise ResAdapterRTError(f"validation size {width}x{height} is not a multiple of 8 px")
-        return ExportOptions(**{**self.__dict__, "alpha": alpha})
+        ip_scale = self.ip_adapter_scale
+        if self.ip_adapter is None and (self.image_encoder is not None or str(ip_scale) != "dynamic"):
+            given = "--image-encoder" if self.image_encoder is not None else "--ip-adapter-scale"
+            raise ResAdapterRTError(f"{given} needs --ip-adapter FILE (the IP-Adapter whose encoder or scale it sets)")
+        if str(ip_scale) != "dynamic":
+            ip_scale = parse_ip_adapter_scale(ip_scale, "--ip-adapter-scale")
+            if ip_scale == 0:
+                raise ResAdapterRTError("--ip-adapter-scale 0 would export the UNet without its IP-Adapter; bake a scale "
+                                        "above 0, or keep it dynamic (the default) and pass 0 at generation time")
+        return ExportOptions(**{**self.__dict__, "alpha": alpha, "ip_adapter_scale": ip_scale})
 
 
 def _export_one(module: nn.Module, spec: ComponentSpec, example: dict, path: Path) -> onnx.ModelProto:
@@ -223,6 +237,11 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         raise ResAdapterRTError(f"--vae-encoder needs the model's VAE, but {options.model} is a UNet only; "
                                 "export a whole pipeline directory or checkpoint for image-to-image")
     controlnets = load_controlnets(options.controlnets, components.unet)
+    ip_adapter = None
+    if options.ip_adapter is not None:
+        ip_adapter = load_ip_adapter(options.ip_adapter, options.image_encoder,
+                                     components.path if components.path and components.path.is_dir() else None)
+        check_ip_adapter_fits(ip_adapter, components.unet)
 
     # The components were loaded here and are ours: merge in place instead of holding a second copy
     # (3.4 GB for a full-size SD1.5 UNet).
@@ -233,6 +252,8 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
         if getattr(components, name) is not None:
             networks[name] = getattr(components, name)
     merge_loras(networks, loras)
+    dynamic_ip = options.ip_adapter_scale == "dynamic"
+    ip_scale = attach_ip_adapter(unet, ip_adapter, None if dynamic_ip else options.ip_adapter_scale) if ip_adapter else None
     for network in networks.values():
         network.eval()
 
@@ -255,7 +276,10 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
                       for i, (w, h, b) in enumerate(options.validation_sizes[:2])]))
         if options.vae_encoder:
             jobs.append(vae_encoder_job(components.vae, size, options.validation_sizes))
-    unet_module, spec = unet_export_module(unet, [c.model for c in controlnets], sdxl, alpha_source, dynamic)
+    if ip_adapter is not None:
+        jobs.append(image_encoder_job(ip_adapter.encoder))
+    ip_inputs = IPAdapterInputs(ip_adapter.embed_shape(), dynamic_ip) if ip_adapter else None
+    unet_module, spec = unet_export_module(unet, sdxl, alpha_source, dynamic, [c.model for c in controlnets], ip_inputs, ip_scale)
     jobs.append((unet_module, spec, spec.example(2, size, size), _unet_cases(spec, options.validation_sizes, dynamic)))
 
     manifest = {
@@ -274,6 +298,11 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     }
     if controlnets:
         manifest["controlnets"] = [c.record() for c in controlnets]
+    if ip_adapter is not None:
+        manifest["ip_adapter"] = {**ip_adapter.record(), "scale_mode": "dynamic" if dynamic_ip else "baked",
+                                  "scale": None if dynamic_ip else options.ip_adapter_scale,
+                                  "feature_extractor": "feature_extractor/preprocessor_config.json"}
+        ip_adapter.feature_extractor.save_pretrained(tmp / "feature_extractor")
     while jobs:
         module, spec, example, cases = jobs.pop(0)
         path = tmp / spec.name / "model.onnx"
@@ -324,8 +353,10 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     if "text_encoder" in networks and components.vae is not None:  # a whole pipeline: loadable by optimum/diffusers
         write_loader_files(tmp, components, networks, sdxl)
         manifest["interop"] = interop_record(dynamic)
-        if controlnets:  # optimum's and diffusers' SD pipelines feed no control inputs
-            note = "the UNet takes controlnet_cond and controlnet_scale, which optimum does not feed"
+        extra_inputs = (["controlnet_cond", "controlnet_scale"] if controlnets else []) + \
+            (["image_embeds"] + (["ip_adapter_scale"] if dynamic_ip else []) if ip_adapter else [])
+        if extra_inputs:  # optimum's and diffusers' SD pipelines feed no control or image-prompt inputs
+            note = f"the UNet takes {' and '.join(extra_inputs)}, which optimum does not feed"
             manifest["interop"] |= {"optimum_onnxruntime_drop_in": False,
                                     "note": f"{note}; {manifest['interop']['note']}" if dynamic else note}
     manifest["export_seconds"] = round(time.perf_counter() - started, 2)

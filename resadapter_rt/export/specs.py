@@ -1,5 +1,7 @@
 """What each pipeline component exports: names, dynamic axes, wrappers and example inputs (declared once).
 
+The UNet's, with its optional ControlNet and IP-Adapter inputs, is in ``unet.py``.
+
 Names follow diffusers/optimum; text encoders take int32 ``input_ids``. ``timestep`` is float32 ``[B]`` (Karras/Euler schedules use
 fractional timesteps). Token length is dynamic in multiples of 77 for long prompts.
 """
@@ -13,8 +15,6 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .dynamic_alpha import AlphaSource
-
 ALPHA_INPUT = "resadapter_alpha"
 
 
@@ -27,24 +27,6 @@ class ComponentSpec:
     outputs: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
     example: Callable[..., dict[str, torch.Tensor]]  # (batch, latent_h, latent_w, tokens) -> inputs
-
-
-class UNetForExport(nn.Module):
-    """Positional-input UNet; optional SDXL conditioning and dynamic alpha."""
-
-    def __init__(self, unet: nn.Module, sdxl: bool, alpha: AlphaSource | None) -> None:
-        super().__init__()
-        self.unet, self.sdxl, self.alpha = unet, sdxl, alpha
-
-    def forward(self, sample, timestep, encoder_hidden_states, *extra):
-        extra = list(extra)
-        added = None
-        if self.sdxl:
-            added = {"text_embeds": extra.pop(0), "time_ids": extra.pop(0)}
-        if self.alpha is None:
-            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
-        with self.alpha.bound(extra.pop(0)):
-            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
 class TextEncoderForExport(nn.Module):
@@ -101,34 +83,6 @@ def upsample_sizes_from_skips(unet: nn.Module) -> Iterator[None]:
         yield
     finally:
         unet.num_upsamplers = saved
-
-
-def unet_spec(unet: nn.Module, sdxl: bool, dynamic_alpha: bool) -> ComponentSpec:
-    cfg = unet.config
-    inputs = ["sample", "timestep", "encoder_hidden_states"] + (["text_embeds", "time_ids"] if sdxl else [])
-    inputs += [ALPHA_INPUT] if dynamic_alpha else []
-    axes = {"sample": {0: "batch", 2: "latent_height", 3: "latent_width"}, "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "tokens"},
-            "out_sample": {0: "batch", 2: "latent_height", 3: "latent_width"}}
-    if sdxl:
-        axes |= {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
-
-    def example(batch: int, height: int, width: int, tokens: int = 77, seed: int = 0, alpha: float = 1.0):
-        g = torch.Generator().manual_seed(seed)
-        values = {
-            "sample": torch.randn(batch, cfg.in_channels, height, width, generator=g),
-            "timestep": torch.linspace(999, 1, batch),
-            "encoder_hidden_states": torch.randn(batch, tokens, cfg.cross_attention_dim, generator=g),
-        }
-        if sdxl:
-            pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-            values["text_embeds"] = torch.randn(batch, pooled, generator=g)
-            values["time_ids"] = torch.tensor([[height * 8.0, width * 8.0, 0, 0, height * 8.0, width * 8.0]] * batch)
-        if dynamic_alpha:
-            values[ALPHA_INPUT] = torch.tensor(alpha, dtype=torch.float32)
-        return values
-
-    return ComponentSpec("unet", tuple(inputs), ("out_sample",), axes, example)
 
 
 def text_encoder_spec(name: str, encoder: nn.Module, all_hidden_states: bool) -> ComponentSpec:

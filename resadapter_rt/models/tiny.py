@@ -245,3 +245,79 @@ def tiny_controlnet(family: ModelFamily, seed: int):
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (gain / conv.weight[0].numel()) ** 0.5)
             conv.bias.copy_(0.05 * torch.randn(conv.bias.shape, generator=generator))
     return controlnet.eval()
+
+
+TINY_IMAGE_SIZE = 224  # the real CLIP input size, so 257 vision tokens as ViT-H/14 gives
+TINY_IMAGE_PATCH = 14
+TINY_PROJECTION = 24  # unlike the hidden width (CLIP_WIDTH), so an embedding mix-up fails loudly
+
+
+def write_tiny_image_encoder(out: Path, seed: int = SEED + 7) -> None:
+    """A tiny ``CLIPVisionModelWithProjection`` (224 px, patch 14, 2 layers) with seeded random weights."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=CLIP_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=TINY_IMAGE_SIZE, patch_size=TINY_IMAGE_PATCH, projection_dim=TINY_PROJECTION)
+    CLIPVisionModelWithProjection(config).eval().save_pretrained(out, safe_serialization=True)
+
+
+def tiny_ip_adapter_state_dict(family: ModelFamily, variant: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """An IP-Adapter for the tiny UNet of ``family`` in h94's layout (``image_proj`` + ``ip_adapter`` with
+    ``{i}.to_k_ip/to_v_ip.weight`` numbered over all attention processors, as diffusers' converter reads them).
+
+    ``variant``: ``plain`` (4 tokens from the projected embedding) or ``full-face`` (an MLP over the
+    257 penultimate hidden states). Seeded random weights large enough that the image really acts.
+    """
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**tiny_unet_config(family))
+    cross, channels = unet.config.cross_attention_dim, list(unet.config.block_out_channels)
+    g = torch.Generator().manual_seed(seed)
+
+    def weight(rows: int, cols: int, gain: float = 1.0) -> torch.Tensor:
+        return torch.randn(rows, cols, generator=g) * (gain / cols) ** 0.5
+
+    def norm(width: int) -> dict[str, torch.Tensor]:
+        return {"weight": 1 + 0.2 * torch.randn(width, generator=g), "bias": 0.2 * torch.randn(width, generator=g)}
+
+    if variant == "plain":
+        proj = {"proj.weight": weight(4 * cross, TINY_PROJECTION), "proj.bias": 0.1 * torch.randn(4 * cross, generator=g),
+                **{f"norm.{k}": v for k, v in norm(cross).items()}}
+    elif variant == "full-face":
+        proj = {"proj.0.weight": weight(CLIP_WIDTH, CLIP_WIDTH, 2.0), "proj.0.bias": 0.1 * torch.randn(CLIP_WIDTH, generator=g),
+                "proj.2.weight": weight(cross, CLIP_WIDTH), "proj.2.bias": 0.1 * torch.randn(cross, generator=g),
+                **{f"proj.3.{k}": v for k, v in norm(cross).items()}}
+    else:
+        raise ValueError(f"unknown tiny IP-Adapter variant {variant!r}")
+    layers, key_id = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        block = name.split(".")[0]
+        if block == "mid_block":
+            hidden = channels[-1]
+        else:
+            index = int(name.split(".")[1])
+            hidden = (channels if block == "down_blocks" else channels[::-1])[index]
+        layers[f"{key_id}.to_k_ip.weight"] = weight(hidden, cross, 2.0)
+        layers[f"{key_id}.to_v_ip.weight"] = weight(hidden, cross, 2.0)
+        key_id += 2
+    return {"image_proj": proj, "ip_adapter": layers}
+
+
+def write_tiny_ip_adapters(family: ModelFamily, out: Path) -> dict[str, Path]:
+    """h94's folder layout for the tiny ``family``: ``models/image_encoder/`` beside ``ip-adapter_*.safetensors``
+    (plain and full-face) and a ``.bin`` pickle of the plain one. Returns the files by variant (``plain-bin``)."""
+    folder = out / "models"
+    write_tiny_image_encoder(folder / "image_encoder")
+    files = {}
+    for offset, variant in enumerate(("plain", "full-face")):
+        state = tiny_ip_adapter_state_dict(family, variant, SEED + 20 + offset)
+        stem = f"ip-adapter{'-full-face' if variant == 'full-face' else ''}_{family.name}"
+        files[variant] = folder / f"{stem}.safetensors"
+        save_file({f"{part}.{k}": v.contiguous() for part, d in state.items() for k, v in d.items()}, str(files[variant]))
+        if variant == "plain":
+            files["plain-bin"] = folder / f"{stem}.bin"
+            torch.save(state, files["plain-bin"])
+    return files

@@ -22,6 +22,7 @@ class InitImage:
 
     pixels: torch.Tensor
     strength: float
+    mask: torch.Tensor | None = None  # inpainting: [1, 1, H, W], 1 where the image is re-generated (``inpaint.py``)
 
 
 def init_image_request(runners: dict, image: Any, strength: float, width: int, height: int, steps: int,
@@ -46,9 +47,24 @@ def init_image_request(runners: dict, image: Any, strength: float, width: int, h
     return InitImage(pixels=processor.preprocess(image, height=height, width=width).to(torch.float32), strength=float(strength))
 
 
+@dataclass
+class ImageStart:
+    """Where an image-to-image (or inpainting) loop starts: its timesteps and latents, plus the encoded
+    source image and the noise that inpainting re-noises it with at every step."""
+
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    image_latents: torch.Tensor
+    noise: torch.Tensor
+
+
 def image_to_image_start(init: InitImage, scheduler: Any, steps: int, encoder: Any, scaling_factor: float, batch: int,
-                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(timesteps to run, noised starting latents) for a scheduler whose ``set_timesteps(steps)`` was called."""
+                         generator: torch.Generator, pure_noise_at_full_strength: bool = False) -> ImageStart:
+    """The start for a scheduler whose ``set_timesteps(steps)`` was called.
+
+    ``pure_noise_at_full_strength``: at strength 1 start from noise alone (diffusers' inpainting
+    pipelines), instead of the source image noised to the first timestep (its img2img pipelines).
+    """
     first = min(int(steps * init.strength), steps)
     start = max(steps - first, 0)
     timesteps = scheduler.timesteps[start * scheduler.order:]
@@ -57,7 +73,11 @@ def image_to_image_start(init: InitImage, scheduler: Any, steps: int, encoder: A
     moments = encoder(sample=init.pixels)["latent_parameters"].float().cpu()
     mean, logvar = torch.chunk(moments, 2, dim=1)
     std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
-    latents = scaling_factor * (mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype))
-    latents = torch.cat([latents] * batch) if batch > 1 else latents
-    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
-    return timesteps, scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch))
+    image_latents = scaling_factor * (mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype))
+    image_latents = torch.cat([image_latents] * batch) if batch > 1 else image_latents
+    noise = torch.randn(image_latents.shape, generator=generator, dtype=image_latents.dtype)
+    if pure_noise_at_full_strength and init.strength == 1.0:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(batch))
+    return ImageStart(timesteps=timesteps, latents=latents, image_latents=image_latents, noise=noise)

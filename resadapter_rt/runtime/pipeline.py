@@ -15,6 +15,8 @@ from PIL import Image
 from .alpha_policy import auto_alpha
 from .controlnet import ControlRequest, control_request, control_static_inputs, control_step_inputs
 from .img2img import VAE_ENCODER, InitImage, image_to_image_start, init_image_request
+from .inpaint import blend_unmasked, draw_masked_image_sample, latent_mask, mask_request
+from .ip_adapter import ImagePrompt, image_prompt_inputs, image_prompt_request, load_feature_extractor
 from ..errors import ResAdapterRTError
 from ..export.exporter import check_export_files, read_manifest
 from ..export.specs import ALPHA_INPUT, penultimate_hidden_state
@@ -72,7 +74,8 @@ class GenerationRequest:
     generator: torch.Generator | list[torch.Generator]  # a list: one per image (``resadapter_rt.serve`` batches requests)
     noise_scheduler: Any  # a fresh diffusers scheduler (stateful: one per call)
     control: ControlRequest | None = None  # ControlNet images and scales (exports with ControlNets)
-    init_image: InitImage | None = None  # image-to-image source (exports with a VAE encoder)
+    init_image: InitImage | None = None  # image-to-image source (exports with a VAE encoder), with an inpainting mask
+    image_prompt: ImagePrompt | None = None  # IP-Adapter embeddings and scale (exports with an IP-Adapter)
 
     @property
     def cfg(self) -> bool:
@@ -116,6 +119,7 @@ class ResAdapterPipeline:
         self.device = "cuda" if backend == "tensorrt" else "cpu"
         self.cpu_precision: str | None = None  # openvino backend: "requested -> chosen", e.g. "auto -> bf16"
         self.precisions: dict[str, str] | None = None  # openvino backend: each component's compute precision
+        self.feature_extractor = load_feature_extractor(directory) if manifest.get("ip_adapter") else None
 
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime",
@@ -286,13 +290,19 @@ class ResAdapterPipeline:
         control_guidance_end: float | list[float] = 1.0,
         image: Any = None,
         strength: float = 0.8,
+        mask_image: Any = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_scale: float | None = None,
     ) -> GenerationOutput:
         """Generate images; ``output_type="latent"`` skips decoding.
 
         Exports with ControlNets take ``control_image`` (one PIL image per ControlNet) and, per
         ControlNet or shared, the conditioning scale and guidance window (fractions of the steps),
         as diffusers' ``StableDiffusionControlNetPipeline`` does. ``image`` (a PIL image; exports with a
-        VAE encoder) makes it image-to-image with ``strength`` as diffusers' img2img pipelines.
+        VAE encoder) makes it image-to-image with ``strength`` as diffusers' img2img pipelines; with
+        ``mask_image`` too (white: re-generate) it inpaints as ``StableDiffusionInpaintPipeline`` does
+        with a 4-channel UNet. Exports with an IP-Adapter take ``ip_adapter_image`` (a PIL image) and
+        ``ip_adapter_scale`` (default 1.0, or the baked one); without an image the scale is 0.
 
         Runs four stages, each a method a feature can extend: ``prepare`` (check and resolve the
         request), ``encode`` (text conditioning), ``denoise`` (the scheduler loop), ``decode``.
@@ -304,6 +314,11 @@ class ResAdapterPipeline:
                                           control_guidance_end, width, height, len(request.prompts), request.cfg, self.device)
         request.init_image = init_image_request(self.runners, image, strength, width, height, num_inference_steps,
                                                 self.manifest["vae_scale_factor"])
+        mask = mask_request(mask_image, image, width, height, self.manifest["vae_scale_factor"])
+        if mask is not None:
+            request.init_image.mask = mask
+        request.image_prompt = image_prompt_request(self.manifest, self.runners, self.feature_extractor, ip_adapter_image,
+                                                    ip_adapter_scale, len(request.prompts), request.cfg)
         timings = Timings()
         tick = time.perf_counter()
         conditioning = self.encode(request)
@@ -353,7 +368,7 @@ class ResAdapterPipeline:
             static |= {"text_embeds": conditioning.pooled, "time_ids": time_ids}
         if ALPHA_INPUT in self.unet_inputs:
             static[ALPHA_INPUT] = torch.tensor(request.alpha, dtype=torch.float32, device=self.device)
-        return static | control_static_inputs(request.control)
+        return static | control_static_inputs(request.control) | image_prompt_inputs(request.image_prompt, self.unet_inputs, self.device)
 
     def denoise(self, request: GenerationRequest, conditioning: Conditioning, timings: Timings,
                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -367,10 +382,15 @@ class ResAdapterPipeline:
 
             latents = randn_tensor(shape, generator=request.generator, dtype=torch.float32).to(self.device) * sched.init_noise_sigma
             timesteps = sched.timesteps
-        else:  # image-to-image: fewer steps, from the noised source image
-            timesteps, latents = image_to_image_start(request.init_image, sched, request.steps, self.runners[VAE_ENCODER],
-                                                      self.manifest["vae_scaling_factor"], len(request.prompts), request.generator)
-            latents = latents.to(self.device)
+        else:  # image-to-image and inpainting: fewer steps, from the noised source image
+            inpaint = request.init_image.mask is not None
+            start = image_to_image_start(request.init_image, sched, request.steps, self.runners[VAE_ENCODER],
+                                         self.manifest["vae_scaling_factor"], len(request.prompts), request.generator,
+                                         pure_noise_at_full_strength=inpaint)
+            timesteps, latents = start.timesteps, start.latents.to(self.device)
+            if inpaint:
+                draw_masked_image_sample(request.generator, tuple(start.image_latents[:1].shape))
+                mask = latent_mask(request.init_image.mask, scale, len(request.prompts))
         static = self.unet_static_inputs(request, conditioning)
         step_kwargs = {"generator": request.generator} if "generator" in _step_parameters(sched) else {}
         cfg, guidance = request.cfg, request.guidance_scale
@@ -388,6 +408,8 @@ class ResAdapterPipeline:
                 uncond, text = noise.chunk(2)
                 noise = uncond + guidance * (text - uncond)
             latents = sched.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+            if request.init_image is not None and request.init_image.mask is not None:
+                latents = blend_unmasked(latents, start, mask, sched, index)
             if callback is not None:
                 callback(index + 1, len(timesteps))
         timings.host_overhead = time.perf_counter() - loop_start - sum(timings.unet_steps)
@@ -408,6 +430,8 @@ class ResAdapterPipeline:
                 "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family,
                 **(request.control.parameters() if request.control else {}),
                 **({"strength": request.init_image.strength} if request.init_image else {}),
+                **({"inpainting": True} if request.init_image and request.init_image.mask is not None else {}),
+                **(request.image_prompt.parameters() if request.image_prompt else {}),
                 **({"cpu_precision": self.cpu_precision, "precision": dict(self.precisions)} if self.precisions else {})}
 
 

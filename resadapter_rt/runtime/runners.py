@@ -151,7 +151,7 @@ def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | Non
     from ..models.merge import merge_adapter, merge_loras
     from ..models.components import load_components
     from ..models.provenance import check_adapter_files, recorded_sources
-    from ..export.controlnet import unet_export_module
+    from ..export.unet import IPAdapterInputs, unet_export_module
     from ..export.specs import TextEncoderForExport, VaeDecoderForExport
     from ..models.controlnet import load_controlnet, recorded_controlnets
 
@@ -166,6 +166,16 @@ def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | Non
     merge_loras(networks, [(read_lora_file(path), weight) for path, weight in sources.loras])
     sdxl = components.family is SDXL
     controlnets = [load_controlnet(r).model for r in recorded_controlnets(manifest.get("controlnets") or [], export_dir)]
+    ip_inputs, ip_scale, ip_adapter = None, None, None
+    if manifest.get("ip_adapter"):
+        from ..export.ip_adapter import attach_ip_adapter
+        from ..models.ip_adapter import load_ip_adapter, recorded_ip_adapter
+
+        entry = manifest["ip_adapter"]
+        ip_adapter = load_ip_adapter(*recorded_ip_adapter(entry, export_dir))
+        dynamic_ip = entry["scale_mode"] == "dynamic"
+        ip_scale = attach_ip_adapter(unet, ip_adapter, None if dynamic_ip else entry["scale"])
+        ip_inputs = IPAdapterInputs(ip_adapter.embed_shape(), dynamic_ip)
     fused = 0
     if fused_group_norm_default() if fused_group_norm is None else fused_group_norm:
         from ..kernels.fuse import fuse_group_norm_silu
@@ -175,7 +185,7 @@ def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | Non
     device = torch_device()
     specs = manifest["components"]
     io = {name: (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"])) for name, spec in specs.items()}
-    unet_module = unet_export_module(unet, controlnets, sdxl, alpha, dynamic)[0]  # ControlNets as the export folds them
+    unet_module = unet_export_module(unet, sdxl, alpha, dynamic, controlnets, ip_inputs, ip_scale)[0]  # as the export folds them
     runners: dict[str, Runner] = {"unet": TorchRunner(unet_module, *io["unet"], device=device)}
     for name in ("text_encoder", "text_encoder_2"):
         if name in specs:
@@ -187,4 +197,8 @@ def torch_runners(manifest: dict, export_dir: Path, fused_group_norm: bool | Non
         from ..export.vae_encoder import VaeEncoderForExport
 
         runners["vae_encoder"] = TorchRunner(VaeEncoderForExport(components.vae), *io["vae_encoder"], device=device)
+    if ip_adapter is not None:
+        from ..export.ip_adapter import IMAGE_ENCODER, ImageEncoderForExport
+
+        runners[IMAGE_ENCODER] = TorchRunner(ImageEncoderForExport(ip_adapter.encoder), *io[IMAGE_ENCODER], device=device)
     return runners, fused

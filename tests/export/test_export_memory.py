@@ -17,7 +17,8 @@ from resadapter_rt.export import graph
 from resadapter_rt.export.dynamic_alpha import attach_lora_branches
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.export.precision import half_precision
-from resadapter_rt.export.specs import UNetForExport, unet_spec, upsample_sizes_from_skips
+from resadapter_rt.export.specs import upsample_sizes_from_skips
+from resadapter_rt.export.unet import UNetForExport, unet_spec
 from resadapter_rt.models import load_adapter, load_components
 from resadapter_rt.models.merge import merge_adapter
 

@@ -93,13 +93,18 @@ def _validation_sizes(args: argparse.Namespace) -> dict:
     return {"validation_sizes": parse_validation_sizes(args.validation_sizes)} if args.validation_sizes else {}
 
 
+def _ip_adapter_options(args: argparse.Namespace) -> dict:
+    """ExportOptions' IP-Adapter fields from --ip-adapter, --image-encoder and --ip-adapter-scale."""
+    return {"ip_adapter": args.ip_adapter, "image_encoder": args.image_encoder, "ip_adapter_scale": args.ip_adapter_scale}
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export.exporter import ExportOptions, export_pipeline
 
     out = Path(args.out) if args.out else _default_export_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
                             dtype=args.dtype, target=args.target, config=args.config, controlnets=tuple(args.controlnet),
-                            vae_encoder=args.vae_encoder, **_validation_sizes(args))
+                            vae_encoder=args.vae_encoder, **_ip_adapter_options(args), **_validation_sizes(args))
     progress = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     manifest = export_pipeline(options, out, force=args.force, progress=progress)
     worst = max(r["relative_error"] for c in manifest["components"].values() for r in c["validation"])
@@ -172,11 +177,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend, cpu_precision=args.cpu_precision)
     control = command_line_control(pipe.manifest, args.control_image, args.controlnet_scale, args.control_guidance_start,
                                    args.control_guidance_end, args.canny)
-    if args.image is not None:  # image-to-image
-        from .runtime.canny import read_image
+    from .runtime.canny import read_image
 
+    if args.image is not None:  # image-to-image, inpainting with --mask
         control = ({**control[0], "image": read_image(Path(args.image), "source image"), "strength": args.strength},
                    {**control[1], "image": args.image})
+    elif args.mask is not None:
+        raise ResAdapterRTError("--mask needs --image (the image it applies to; white = re-generate)")
+    if args.mask is not None:
+        control = ({**control[0], "mask_image": read_image(Path(args.mask), "mask image")}, {**control[1], "mask": args.mask})
+    if args.ip_adapter_image is not None or args.ip_adapter_scale is not None:
+        image = read_image(Path(args.ip_adapter_image), "IP-Adapter image") if args.ip_adapter_image is not None else None
+        control = ({**control[0], "ip_adapter_image": image, "ip_adapter_scale": args.ip_adapter_scale},
+                   {**control[1], **({"ip_adapter_image": args.ip_adapter_image} if image is not None else {})})
     _generate_images(pipe, args, args.width, args.height, Path(args.output), args.quiet, control)
     return 0
 
@@ -258,6 +271,15 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, defaults: dict) -
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _add_ip_adapter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ip-adapter", metavar="FILE", help="IP-Adapter folded into the UNet graph: h94-format .safetensors "
+                        "or .bin (plain, plus, full-face; SD1.5 or SDXL)")
+    parser.add_argument("--image-encoder", metavar="DIR", help="its CLIPVisionModelWithProjection directory (default: "
+                        "image_encoder/ beside the IP-Adapter file, as in h94/IP-Adapter)")
+    parser.add_argument("--ip-adapter-scale", default="dynamic", help="dynamic (default: a UNet input, chosen per "
+                        "request) | a number in (0, 2] baked into the graph")
+
+
 def _default_engine_dir(args: argparse.Namespace) -> Path:
     return Path("engines") / _default_export_dir(args).name
 
@@ -274,7 +296,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_engine_dir(args)
     options = ExportOptions(model=args.model, resadapter=args.resadapter, alpha=args.alpha, loras=tuple(args.lora),
                             dtype=args.dtype, target="tensorrt", config=args.config, controlnets=tuple(args.controlnet),
-                            vae_encoder=args.vae_encoder, **_validation_sizes(args)).checked()
+                            vae_encoder=args.vae_encoder, **_ip_adapter_options(args), **_validation_sizes(args)).checked()
     capabilities = parse_compute_capabilities(args.compute_capability) if args.compute_capability is not None else None
     flags = dict(precision=args.precision, optimization_level=args.opt_level, refittable=args.refittable,
                  strongly_typed=args.strongly_typed, compute_capabilities=capabilities, timing_cache=args.timing_cache)
@@ -380,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--controlnet", action="append", default=[], metavar="C", help="ControlNet folded into the UNet "
                         "graph (repeatable): diffusers dir | .safetensors with config.json beside it | hub id")
     export.add_argument("--vae-encoder", action="store_true", help="also export the VAE encoder (image-to-image: generate --image)")
+    _add_ip_adapter_arguments(export)
     export.add_argument("--out", help="output directory (default: export/<model>--<adapter>--<alpha>--<target>)")
     export.add_argument("--validation-sizes", metavar="WxH[xB],...", help=VALIDATION_SIZES_HELP)
     export.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -392,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--validation-sizes", metavar="WxH[xB],...", help=VALIDATION_SIZES_HELP)
     build.add_argument("--controlnet", action="append", default=[], metavar="C", help="ControlNet folded into the UNet (as export)")
     build.add_argument("--vae-encoder", action="store_true", help="also the VAE encoder (image-to-image)")
+    _add_ip_adapter_arguments(build)
     build.add_argument("--profile", action="append", default=[], metavar="SPEC",
                        help="MIN-MAX[@AMIN-AMAX][,opt=WxH][,batch=A-B][,tokens=A-B] (repeatable: one engine, several profiles); "
                             "default: the adapter's model-card preset")
@@ -436,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--control-guidance-end", type=float, default=1.0, help="fraction of steps after which they stop (default 1)")
     generate.add_argument("--image", metavar="FILE", help="source image: image-to-image (needs an export with --vae-encoder)")
     generate.add_argument("--strength", type=float, default=0.8, help="image-to-image: how much is re-generated, (0, 1] (default 0.8)")
+    generate.add_argument("--mask", metavar="FILE", help="inpainting mask for --image, same size (white: re-generate)")
+    generate.add_argument("--ip-adapter-image", metavar="FILE", help="image prompt (needs an export with --ip-adapter)")
+    generate.add_argument("--ip-adapter-scale", type=float, metavar="S", help="image prompt strength in [0, 2] "
+                          "(default 1.0, or the export's baked scale)")
     generate.set_defaults(handler=_cmd_generate)
 
     canny = commands.add_parser("canny", help="canny edge map of an image (a control image for canny ControlNets)")

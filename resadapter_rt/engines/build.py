@@ -117,6 +117,9 @@ def export_dims(export_manifest: dict) -> dict:
             "pooled_dim": inputs["text_embeds"][1] if "text_embeds" in inputs else None}
     if "controlnet_cond" in inputs:  # ControlNets folded into the UNet: [N, B, 3, 8H, 8W]
         dims["controlnets"] = inputs["controlnet_cond"][0]
+    if "image_embeds" in inputs:  # an IP-Adapter: [B, 1, D] or [B, 1, T, C]; its image encoder takes [1-2, 3, S, S]
+        dims["image_embed_shape"] = list(inputs["image_embeds"][2:])
+        dims["image_size"] = export_manifest["ip_adapter"]["image_size"]
     return dims
 
 

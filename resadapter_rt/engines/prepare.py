@@ -110,6 +110,11 @@ def stale_reason(manifest: dict, options: ExportOptions, export_dir: Path) -> st
         recorded_controlnets(manifest.get("controlnets") or [], export_dir)
     except ResAdapterRTError as exc:
         return str(exc).split("; re-export")[0]
+    if ("vae_encoder" in manifest["components"]) != bool(options.vae_encoder):
+        return f"the existing export {'has' if 'vae_encoder' in manifest['components'] else 'lacks'} the VAE encoder"
+    ip_reason = _ip_adapter_stale_reason(manifest.get("ip_adapter"), options, export_dir)
+    if ip_reason:
+        return ip_reason
     adapter = load_adapter(options.resadapter)
     if {p.name: sha256_file(p) for p in adapter.files} != sources["resadapter"]["files"]:
         return f"adapter {options.resadapter} changed since the export"
@@ -117,6 +122,23 @@ def stale_reason(manifest: dict, options: ExportOptions, export_dir: Path) -> st
         path = Path(sources.get("model_path") or options.model)
         if not path.exists() or files_sha256(path) != sources["model_files"]:
             return f"model {options.model} changed since the export"
+    return None
+
+
+def _ip_adapter_stale_reason(entry: dict | None, options: ExportOptions, export_dir: Path) -> str | None:
+    """Why the export's IP-Adapter (file, encoder, scale, their hashes) does not stand for ``options``, or None."""
+    from ..models.ip_adapter import IMAGE_ENCODER_FOLDER, recorded_ip_adapter
+
+    if entry is None or options.ip_adapter is None:
+        return None if entry is None and options.ip_adapter is None else "the IP-Adapter differs from the existing export"
+    encoder = options.image_encoder or str(Path(options.ip_adapter).parent / IMAGE_ENCODER_FOLDER)
+    scale = "dynamic" if entry["scale_mode"] == "dynamic" else entry["scale"]
+    if (entry["source"], entry["image_encoder"]["source"], scale) != (options.ip_adapter, encoder, options.ip_adapter_scale):
+        return "the IP-Adapter, its image encoder or its scale differ from the existing export"
+    try:
+        recorded_ip_adapter(entry, export_dir)
+    except ResAdapterRTError as exc:
+        return str(exc).split("; re-export")[0]
     return None
 
 

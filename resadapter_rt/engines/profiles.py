@@ -111,7 +111,8 @@ class ResolutionProfile:
         """(min, opt, max) shape per dynamic input of ``component``.
 
         ``dims``: channel sizes read from the export manifest (``latent_channels``,
-        ``cross_attention_dim``, ``pooled_dim`` for SDXL, ``controlnets``: how many the UNet graph holds).
+        ``cross_attention_dim``, ``pooled_dim`` for SDXL, ``controlnets``: how many the UNet graph holds,
+        ``image_embed_shape`` and ``image_size`` for an IP-Adapter).
         With classifier-free guidance the UNet sees twice the batch; guidance-free requests (LCM) see
         the plain batch, so both fit. Control images get the latent box in pixels.
         """
@@ -132,7 +133,12 @@ class ResolutionProfile:
             if dims.get("controlnets"):  # control images: the latent box in pixels (controlnet_scale is static)
                 n, f = dims["controlnets"], LATENT_FACTOR
                 shapes["controlnet_cond"] = tuple((n, ub[i], 3, f * h[i], f * w[i]) for i in range(3))
+            if dims.get("image_embed_shape"):  # one IP-Adapter image per sample (ip_adapter_scale is static)
+                shapes["image_embeds"] = tuple((ub[i], 1, *dims["image_embed_shape"]) for i in range(3))
             return shapes
+        if component == "image_encoder":  # the image prompt, and a zero image for plus/full-face negatives
+            size = dims["image_size"]
+            return {"pixel_values": tuple((count, 3, size, size) for count in (1, 2, 2))}
         if component in ("text_encoder", "text_encoder_2"):  # a long prompt runs one 77-token chunk per row
             rows = (b[0], b[1] * (self.tokens[1] // TOKEN_CHUNK), b[2] * (self.tokens[2] // TOKEN_CHUNK))
             return {"input_ids": tuple((rows[i], TOKEN_CHUNK) for i in range(3))}

@@ -16,11 +16,12 @@ BAKED_SCALES = (0.3, 0.6, 1.0)
 
 
 def shared_ip_adapters(family: ModelFamily) -> dict[str, Path]:
-    """``plain``, ``plain-bin`` and ``full-face`` files, each with ``image_encoder/`` beside it."""
+    """``plain``, ``plain-bin``, ``full-face`` and ``plus`` files, each with ``image_encoder/`` beside it."""
     root = cached_directory(f"tests/ip-adapters-{family.name}", lambda d: write_tiny_ip_adapters(family, d))
     folder = root / "models"
     return {"plain": folder / f"ip-adapter_{family.name}.safetensors", "plain-bin": folder / f"ip-adapter_{family.name}.bin",
-            "full-face": folder / f"ip-adapter-full-face_{family.name}.safetensors"}
+            "full-face": folder / f"ip-adapter-full-face_{family.name}.safetensors",
+            "plus": folder / f"ip-adapter-plus_{family.name}.safetensors"}
 
 
 def _export(directory: Path, family: ModelFamily, variant: str, alpha=ALPHA, scale="dynamic", controlnets=(),
@@ -32,14 +33,16 @@ def _export(directory: Path, family: ModelFamily, variant: str, alpha=ALPHA, sca
 
 
 def shared_ip_exports() -> dict[str, Path]:
-    """Baked alpha 0.8, dynamic IP-Adapter scale, with a VAE encoder: ``sd15-plain``, ``sd15-full-face``, ``sdxl-plain``."""
+    """Baked alpha 0.8, dynamic IP-Adapter scale: ``sd15-plain``, ``sd15-full-face``, ``sdxl-plain`` with a VAE
+    encoder, ``sd15-plus`` without."""
     def build(directory: Path) -> None:
         _export(directory / "sd15-plain", SD15, "plain")
         _export(directory / "sd15-full-face", SD15, "full-face")
+        _export(directory / "sd15-plus", SD15, "plus", vae_encoder=False)
         _export(directory / "sdxl-plain", SDXL, "plain")
 
     root = cached_directory("tests/ip-adapter-exports", build)
-    return {key: root / key for key in ("sd15-plain", "sd15-full-face", "sdxl-plain")}
+    return {key: root / key for key in ("sd15-plain", "sd15-full-face", "sd15-plus", "sdxl-plain")}
 
 
 def shared_baked_scale_exports() -> dict[float, Path]:

@@ -21,6 +21,11 @@ def _export_lines(manifest: dict) -> list[str]:
              f"  model {manifest['sources'].get('model')}; adapter {adapter.get('source') if isinstance(adapter, dict) else adapter}"]
     if manifest.get("controlnets"):  # folded into the UNet graph; fed controlnet_cond and controlnet_scale
         lines.append(f"  {len(manifest['controlnets'])} ControlNet(s) in the UNet: " + ", ".join(c["source"] for c in manifest["controlnets"]))
+    ip = manifest.get("ip_adapter")
+    if ip:  # in the UNet graph; fed image_embeds (and ip_adapter_scale when dynamic)
+        scale = "a runtime scale" if ip.get("scale_mode") == "dynamic" else f"scale baked at {ip.get('scale')}"
+        lines.append(f"  IP-Adapter in the UNet ({ip.get('variant')}, {ip.get('num_tokens')} tokens, {scale}): {ip.get('source')}; "
+                     f"image encoder {ip.get('image_encoder', {}).get('source')}")
     for name, component in manifest["components"].items():
         errors = [r.get("relative_error", float("nan")) for r in component["validation"]]
         worst = f"{max(errors):.1e}" if errors else "n/a"

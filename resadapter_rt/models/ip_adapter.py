@@ -225,9 +225,9 @@ def check_ip_adapter_fits(loaded: LoadedIPAdapter, unet: Any) -> None:
     adapter_dim = int(layers[key].shape[1]) if key else None
     pairs = sum(1 for k in layers if k.endswith("to_k_ip.weight"))
     if adapter_dim != cross_dim or pairs != len(names):
-        family = {768: "SD1.5", 2048: "SDXL"}.get(adapter_dim, f"cross-attention width {adapter_dim}")
+        family = {768: " (SD1.5)", 2048: " (SDXL)"}.get(adapter_dim, "")
         raise ResAdapterRTError(f"{loaded.source}: this IP-Adapter is for a UNet with {pairs} cross-attentions of width "
-                                f"{adapter_dim} ({family}); the model's UNet has {len(names)} of width {cross_dim}; "
+                                f"{adapter_dim}{family}; the model's UNet has {len(names)} of width {cross_dim}; "
                                 "use an IP-Adapter trained for this model family")
 
 

@@ -262,16 +262,19 @@ def write_tiny_image_encoder(out: Path, seed: int = SEED + 7) -> None:
     CLIPVisionModelWithProjection(config).eval().save_pretrained(out, safe_serialization=True)
 
 
-def tiny_ip_adapter_state_dict(family: ModelFamily, variant: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """An IP-Adapter for the tiny UNet of ``family`` in h94's layout (``image_proj`` + ``ip_adapter`` with
-    ``{i}.to_k_ip/to_v_ip.weight`` numbered over all attention processors, as diffusers' converter reads them).
+def random_ip_adapter_state_dict(unet_config: dict, variant: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """An IP-Adapter for a UNet of ``unet_config`` in h94's layout (``image_proj`` + ``ip_adapter`` with
+    ``{i}.to_k_ip/to_v_ip.weight`` numbered over all attention processors, as diffusers' converter reads them),
+    taking the tiny image encoder's embeddings.
 
-    ``variant``: ``plain`` (4 tokens from the projected embedding) or ``full-face`` (an MLP over the
-    257 penultimate hidden states). Seeded random weights large enough that the image really acts.
+    ``variant``: ``plain`` (4 tokens from the projected embedding), ``full-face`` (an MLP over the 257
+    penultimate hidden states) or ``plus`` (a resampler over them, 16 tokens). Seeded random weights
+    large enough that the image really acts.
     """
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**tiny_unet_config(family))
+    with torch.device("meta"):  # only the processor names and widths are needed
+        unet = UNet2DConditionModel(**unet_config)
     cross, channels = unet.config.cross_attention_dim, list(unet.config.block_out_channels)
     g = torch.Generator().manual_seed(seed)
 
@@ -288,6 +291,18 @@ def tiny_ip_adapter_state_dict(family: ModelFamily, variant: str, seed: int) -> 
         proj = {"proj.0.weight": weight(CLIP_WIDTH, CLIP_WIDTH, 2.0), "proj.0.bias": 0.1 * torch.randn(CLIP_WIDTH, generator=g),
                 "proj.2.weight": weight(cross, CLIP_WIDTH), "proj.2.bias": 0.1 * torch.randn(cross, generator=g),
                 **{f"proj.3.{k}": v for k, v in norm(cross).items()}}
+    elif variant == "plus":  # the resampler: 16 learned queries, 4 blocks, one 64-wide head (diffusers reads heads as to_q / 64)
+        width, inner = CLIP_WIDTH, 64
+        proj = {"latents": torch.randn(1, 16, width, generator=g) / width**0.5,
+                "proj_in.weight": weight(width, CLIP_WIDTH, 2.0), "proj_in.bias": 0.1 * torch.randn(width, generator=g),
+                "proj_out.weight": weight(cross, width), "proj_out.bias": 0.1 * torch.randn(cross, generator=g),
+                **{f"norm_out.{k}": v for k, v in norm(cross).items()}}
+        for i in range(4):
+            for name in ("0.norm1", "0.norm2", "1.0"):
+                proj |= {f"layers.{i}.{name}.{k}": v for k, v in norm(width).items()}
+            proj |= {f"layers.{i}.0.to_q.weight": weight(inner, width), f"layers.{i}.0.to_kv.weight": weight(2 * inner, width),
+                     f"layers.{i}.0.to_out.weight": weight(width, inner), f"layers.{i}.1.1.weight": weight(4 * width, width),
+                     f"layers.{i}.1.3.weight": weight(width, 4 * width)}
     else:
         raise ValueError(f"unknown tiny IP-Adapter variant {variant!r}")
     layers, key_id = {}, 1
@@ -307,14 +322,14 @@ def tiny_ip_adapter_state_dict(family: ModelFamily, variant: str, seed: int) -> 
 
 
 def write_tiny_ip_adapters(family: ModelFamily, out: Path) -> dict[str, Path]:
-    """h94's folder layout for the tiny ``family``: ``models/image_encoder/`` beside ``ip-adapter_*.safetensors``
-    (plain and full-face) and a ``.bin`` pickle of the plain one. Returns the files by variant (``plain-bin``)."""
+    """h94's folder layout for the tiny ``family``: ``models/image_encoder/`` beside ``ip-adapter*_<family>.safetensors``
+    (plain, full-face, plus) and a ``.bin`` pickle of the plain one. Returns the files by variant (``plain-bin``)."""
     folder = out / "models"
     write_tiny_image_encoder(folder / "image_encoder")
     files = {}
-    for offset, variant in enumerate(("plain", "full-face")):
-        state = tiny_ip_adapter_state_dict(family, variant, SEED + 20 + offset)
-        stem = f"ip-adapter{'-full-face' if variant == 'full-face' else ''}_{family.name}"
+    for offset, variant in enumerate(("plain", "full-face", "plus")):
+        state = random_ip_adapter_state_dict(tiny_unet_config(family), variant, SEED + 20 + offset)
+        stem = f"ip-adapter{'' if variant == 'plain' else '-' + variant}_{family.name}"
         files[variant] = folder / f"{stem}.safetensors"
         save_file({f"{part}.{k}": v.contiguous() for part, d in state.items() for k, v in d.items()}, str(files[variant]))
         if variant == "plain":

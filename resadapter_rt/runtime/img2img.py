@@ -59,11 +59,13 @@ class ImageStart:
 
 
 def image_to_image_start(init: InitImage, scheduler: Any, steps: int, encoder: Any, scaling_factor: float, batch: int,
-                         generator: torch.Generator, pure_noise_at_full_strength: bool = False) -> ImageStart:
+                         generator: torch.Generator, inpainting: bool = False) -> ImageStart:
     """The start for a scheduler whose ``set_timesteps(steps)`` was called.
 
-    ``pure_noise_at_full_strength``: at strength 1 start from noise alone (diffusers' inpainting
-    pipelines), instead of the source image noised to the first timestep (its img2img pipelines).
+    ``inpainting``: as diffusers' inpainting pipelines, start from noise alone at strength 1 (its img2img
+    pipelines noise the source image to the first timestep), and batch the source latents with
+    ``repeat`` (a contiguous copy; img2img's ``cat`` keeps the encoder's channels-last layout, and
+    CPU convolutions round differently per layout, ~1e-6, so each mirrors its reference).
     """
     first = min(int(steps * init.strength), steps)
     start = max(steps - first, 0)
@@ -74,9 +76,12 @@ def image_to_image_start(init: InitImage, scheduler: Any, steps: int, encoder: A
     mean, logvar = torch.chunk(moments, 2, dim=1)
     std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
     image_latents = scaling_factor * (mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype))
-    image_latents = torch.cat([image_latents] * batch) if batch > 1 else image_latents
+    if inpainting:
+        image_latents = image_latents.repeat(batch, 1, 1, 1)
+    elif batch > 1:
+        image_latents = torch.cat([image_latents] * batch)
     noise = torch.randn(image_latents.shape, generator=generator, dtype=image_latents.dtype)
-    if pure_noise_at_full_strength and init.strength == 1.0:
+    if inpainting and init.strength == 1.0:
         latents = noise * scheduler.init_noise_sigma
     else:
         latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(batch))

@@ -386,7 +386,7 @@ class ResAdapterPipeline:
             inpaint = request.init_image.mask is not None
             start = image_to_image_start(request.init_image, sched, request.steps, self.runners[VAE_ENCODER],
                                          self.manifest["vae_scaling_factor"], len(request.prompts), request.generator,
-                                         pure_noise_at_full_strength=inpaint)
+                                         inpainting=inpaint)
             timesteps, latents = start.timesteps, start.latents.to(self.device)
             if inpaint:
                 draw_masked_image_sample(request.generator, tuple(start.image_latents[:1].shape))

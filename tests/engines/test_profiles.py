@@ -108,3 +108,13 @@ def test_export_dims_count_the_controlnets():
 
     assert export_dims(manifest([{"name": "controlnet_cond", "shape": [3, "batch", 3, "height", "width"]}]))["controlnets"] == 3
     assert "controlnets" not in export_dims(manifest([]))
+
+
+def test_ip_adapter_profiles_cover_image_embeds_per_sample_and_the_image_encoder():
+    profile = ResolutionProfile.parse("256-768,batch=1-2")
+    dims = {"latent_channels": 4, "cross_attention_dim": 32, "pooled_dim": None, "image_embed_shape": [257, 32], "image_size": 224}
+    unet = profile.component_shapes("unet", dims)
+    assert unet["image_embeds"] == tuple((b, 1, 257, 32) for b in (1, 2, 4))
+    assert [s[0] for s in unet["sample"]] == [1, 2, 4]
+    # the image prompt, and a zero image beside it for plus/full-face negatives
+    assert profile.component_shapes("image_encoder", dims) == {"pixel_values": ((1, 3, 224, 224), (2, 3, 224, 224), (2, 3, 224, 224))}

@@ -163,3 +163,26 @@ def test_sd15_with_a_controlnet_builds_with_control_images_in_pixel_ranges(tmp_p
     for (n, batch, channels, height, width), (batch2, _, latent_h, latent_w) in zip(profile["controlnet_cond"], profile["sample"]):
         assert (n, batch, channels, height, width) == (1, batch2, 3, 8 * latent_h, 8 * latent_w)
     assert profile["controlnet_cond"][0] == [1, 1, 3, 200, 200] and profile["controlnet_cond"][2] == [1, 2, 3, 512, 512]
+
+
+@pytest.mark.slow  # a fresh export and four engines: minutes on 2 shared cores
+def test_sd15_with_an_ip_adapter_builds_its_image_encoder_and_image_embeds_profiles(tmp_path):
+    """The IP-Adapter is inside the UNet graph (image_embeds per sample, a static scale); the image encoder is its own engine."""
+    import json
+
+    from ip_adapter_fixtures import shared_ip_adapters
+    from resadapter_rt.engines.build import export_dims, worker_job
+    from resadapter_rt.models.families import SD15
+
+    export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha=0.7, dtype="fp16", target="tensorrt",
+                                  ip_adapter=str(shared_ip_adapters(SD15)["full-face"]), validation_sizes=((264, 392, 1),)),
+                    tmp_path / "onnx", progress=lambda m: None)
+    options = BuildOptions(profiles=(ResolutionProfile.parse("200-512"),), compute_capabilities=("8.6",))
+    result = build_engines(tmp_path, options, progress=lambda m: None)
+    assert sorted(result.built) == ["image_encoder", "text_encoder", "unet", "vae_decoder"]
+    manifest = read_engine_manifest(tmp_path)
+    assert manifest["components"]["image_encoder"]["precision"] == "fp32" and manifest["components"]["unet"]["size_bytes"] > 100_000
+    dims = export_dims(json.loads((tmp_path / "onnx" / "manifest.json").read_text()))
+    (profile,) = worker_job("unet", tmp_path / "onnx" / "unet" / "model.onnx", options, dims, "fp16", tmp_path / "t")["profiles"]
+    assert [shape[0] for shape in profile["image_embeds"]] == [shape[0] for shape in profile["sample"]]
+    assert profile["image_embeds"][2][1:] == [1, 257, 32]

@@ -400,6 +400,8 @@ def export_files_problem(directory: Path, manifest: dict) -> str | None:
     for part in ("tokenizer", "scheduler"):
         if "text_encoder" in manifest["components"] and not (root / part).is_dir():
             return f"{part}/ is missing"
+    if manifest.get("ip_adapter") and not (root / "feature_extractor" / "preprocessor_config.json").is_file():
+        return "feature_extractor/preprocessor_config.json (the IP-Adapter's image preprocessing) is missing"
     return None
 
 

@@ -368,7 +368,11 @@ class ResAdapterPipeline:
             static |= {"text_embeds": conditioning.pooled, "time_ids": time_ids}
         if ALPHA_INPUT in self.unet_inputs:
             static[ALPHA_INPUT] = torch.tensor(request.alpha, dtype=torch.float32, device=self.device)
-        return static | control_static_inputs(request.control) | image_prompt_inputs(request.image_prompt, self.unet_inputs, self.device)
+        prompt = request.image_prompt
+        if prompt is None and self.manifest.get("ip_adapter"):  # requests prepared without ``__call__`` (serve): no image
+            prompt = image_prompt_request(self.manifest, self.runners, self.feature_extractor, None, None, len(request.prompts),
+                                          request.cfg)
+        return static | control_static_inputs(request.control) | image_prompt_inputs(prompt, self.unet_inputs, self.device)
 
     def denoise(self, request: GenerationRequest, conditioning: Conditioning, timings: Timings,
                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:

@@ -100,7 +100,7 @@ def write_triton_repository(directory: str | Path, out: str | Path, force: bool 
         bls = tmp / MODEL_NAME / "1"
         (bls / "export").mkdir(parents=True)
         shutil.copy2(Path(__file__).with_name("triton_model.py"), bls / "model.py")
-        for part in ("manifest.json", "scheduler", "tokenizer", "tokenizer_2"):
+        for part in ("manifest.json", "scheduler", "tokenizer", "tokenizer_2", "feature_extractor"):
             source = export_dir / part
             if source.is_dir():
                 shutil.copytree(source, bls / "export" / part)

@@ -73,6 +73,7 @@ def test_generate_ip_adapter_bad_input(tmp_path, monkeypatch, capsys, key, extra
     source = shared_controlnet_exports()["plain"] if key == "none" else shared_ip_exports()["sd15-plain"]
     shutil.copytree(source, tmp_path / "exp")
     setup_files(tmp_path)
+    capsys.readouterr()  # a fixture built just now may have drawn progress bars
     assert_bad_input_touches_nothing(tmp_path, GENERATE + ["--artifacts", "exp"] + extra, message, monkeypatch, capsys)
 
 
@@ -89,6 +90,16 @@ def test_generate_ip_adapter_bad_input(tmp_path, monkeypatch, capsys, key, extra
 ])
 def test_export_ip_adapter_bad_input(tmp_path, monkeypatch, capsys, extra, message):
     setup_files(tmp_path)
+    capsys.readouterr()
     files = {"IP": str(shared_ip_adapters(SD15)["plain"]), "SDXL": str(shared_ip_adapters(SDXL)["plain"])}
     message = message.replace("SDXL:", f"{files['SDXL']}:")
     assert_bad_input_touches_nothing(tmp_path, EXPORT + [files.get(a, a) for a in extra], message, monkeypatch, capsys)
+
+
+def test_an_export_missing_its_image_preprocessing_is_one_line(tmp_path, monkeypatch, capsys):
+    shutil.copytree(shared_ip_exports()["sd15-plain"], tmp_path / "exp")
+    shutil.rmtree(tmp_path / "exp" / "feature_extractor")
+    capsys.readouterr()
+    assert_bad_input_touches_nothing(tmp_path, GENERATE + ["--artifacts", "exp"],
+                                     "error: exp: feature_extractor/preprocessor_config.json (the IP-Adapter's image preprocessing) "
+                                     "is missing, so this export is incomplete; re-export it", monkeypatch, capsys)

@@ -3,6 +3,7 @@ merged UNet) for text-to-image, image-to-image and inpainting; the runtime scale
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,13 @@ def test_openvino_runs_the_ip_adapter_graph_like_onnxruntime(exports):
     expected = ResAdapterPipeline.from_artifacts(exports["sd15-plain"])("a red fox", **kwargs).latents
     pipe = ResAdapterPipeline.from_artifacts(exports["sd15-plain"], backend="openvino", cpu_precision="fp32")
     assert float((pipe("a red fox", **kwargs).latents - expected).abs().max()) <= 1e-3
+
+
+def test_served_requests_without_an_image_prompt_run_at_scale_zero(exports):
+    """``serve`` prepares requests without ``__call__``: an IP-Adapter export still gets its (zero) image inputs."""
+    from resadapter_rt.serve.batching import generate_batch, prepare_request
+
+    pipe = ResAdapterPipeline.from_artifacts(exports["sd15-plain"])
+    result = generate_batch(pipe, [prepare_request(pipe, {"prompt": "a house", "width": 128, "height": 136, "steps": 2, "seed": 1})])
+    direct = pipe("a house", width=128, height=136, num_inference_steps=2, guidance_scale=7.0, seed=1)
+    assert result.steps == 2 and (result.images[0] == np.asarray(direct.images[0])).all()

@@ -8,3 +8,8 @@ class ResAdapterRTError(Exception):
         if "\n" in message:
             raise ValueError("ResAdapterRTError messages must be one line")
         super().__init__(message)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A library exception's first line (or its type name), for quoting inside a one-line error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ResAdapterRTError
+from ..errors import ResAdapterRTError, first_line
 from ..files import PICKLE_SUFFIXES
 from .hub import resolve_reference
 from .provenance import check_same_files, recorded_path, files_sha256, source_entry
@@ -36,9 +36,6 @@ class LoadedControlNet:
                 "conditioning_channels": int(self.model.config.conditioning_channels)}
 
 
-def _one_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
 
 def _from_directory(directory: Path) -> Any:
     from diffusers import ControlNetModel
@@ -49,7 +46,7 @@ def _from_directory(directory: Path) -> Any:
     try:
         return ControlNetModel.from_pretrained(directory)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise ResAdapterRTError(f"{directory}: could not load the ControlNet ({_one_line(exc)}); "
+        raise ResAdapterRTError(f"{directory}: could not load the ControlNet ({first_line(exc)}); "
                                 "is a weight or config file missing or truncated?") from None
 
 
@@ -75,14 +72,14 @@ def _from_single_file(path: Path) -> tuple[Any, dict[str, str]]:
             model = ControlNetModel.from_config(json.loads(config.read_text()))
             model.load_state_dict(load_file(str(path)), strict=True)
         except (RuntimeError, ValueError, json.JSONDecodeError) as exc:
-            raise ResAdapterRTError(f"{path}: does not match {config} ({_one_line(exc)}); pass the config.json "
+            raise ResAdapterRTError(f"{path}: does not match {config} ({first_line(exc)}); pass the config.json "
                                     "released with these weights") from None
         return model.eval(), files
     if any(k.startswith(ORIGINAL_PREFIXES) for k in keys):
         try:
             model = ControlNetModel.from_single_file(str(path), config=str(path.parent) if config.is_file() else None)
         except Exception as exc:
-            raise ResAdapterRTError(f"{path}: could not load this original-format ControlNet ({_one_line(exc)}); offline, put "
+            raise ResAdapterRTError(f"{path}: could not load this original-format ControlNet ({first_line(exc)}); offline, put "
                                     "the diffusers config.json of its architecture beside it") from None
         return model.eval(), files
     raise ResAdapterRTError(f"{path}: no ControlNet weights found (neither diffusers nor original key names)")

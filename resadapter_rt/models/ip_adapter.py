@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ResAdapterRTError
+from ..errors import ResAdapterRTError, first_line
 from ..files import PICKLE_SUFFIXES
 from .hub import looks_like_hub_reference, resolve_reference
 from .provenance import check_same_files, files_sha256, recorded_path, source_entry
@@ -78,9 +78,6 @@ def image_token_count(vision_config: Any) -> int:
     return (int(vision_config.image_size) // int(vision_config.patch_size)) ** 2 + 1
 
 
-def _one_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
 
 def read_ip_adapter_file(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """``{"image_proj": {...}, "ip_adapter": {...}}`` from a ``.safetensors`` or a tensors-only ``.bin`` pickle."""
@@ -97,13 +94,13 @@ def read_ip_adapter_file(path: Path) -> dict[str, dict[str, torch.Tensor]]:
                     if part in state:
                         state[part][name] = handle.get_tensor(key)
         except Exception as exc:
-            raise ResAdapterRTError(f"{path}: not a readable safetensors file ({_one_line(exc)}); is it truncated?") from None
+            raise ResAdapterRTError(f"{path}: not a readable safetensors file ({first_line(exc)}); is it truncated?") from None
     elif path.suffix in PICKLE_SUFFIXES:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError for a pickle that carries code, EOFError for a truncated one
             raise ResAdapterRTError(f"{path}: refused to load: it is not a plain tensor pickle readable with "
-                                    f"weights_only=True ({_one_line(exc)}); use the .safetensors release") from None
+                                    f"weights_only=True ({first_line(exc)}); use the .safetensors release") from None
         if not isinstance(state, dict) or not all(isinstance(state.get(k), dict) for k in ("image_proj", "ip_adapter")):
             raise ResAdapterRTError(f"{path}: not an IP-Adapter checkpoint (expected the dicts 'image_proj' and 'ip_adapter')")
         if not all(isinstance(v, torch.Tensor) for part in ("image_proj", "ip_adapter") for v in state[part].values()):
@@ -155,14 +152,14 @@ def _load_encoder(reference: str | Path) -> tuple[Path, Any]:
             raise ValueError("its config.json has no projection_dim")
         CLIPVisionConfig.from_pretrained(path)
     except (ValueError, OSError, json.JSONDecodeError) as exc:
-        raise ResAdapterRTError(f"{path}: not a CLIPVisionModelWithProjection ({_one_line(exc)})") from None
+        raise ResAdapterRTError(f"{path}: not a CLIPVisionModelWithProjection ({first_line(exc)})") from None
     if not (path / "model.safetensors").is_file():
         raise ResAdapterRTError(f"{path}: no model.safetensors; pickled weights (pytorch_model.bin) are not loaded, "
                                 "use the .safetensors release of the image encoder")
     try:
         encoder = CLIPVisionModelWithProjection.from_pretrained(path, use_safetensors=True)
     except Exception as exc:
-        raise ResAdapterRTError(f"{path}: could not load the image encoder ({_one_line(exc)}); is a file truncated?") from None
+        raise ResAdapterRTError(f"{path}: could not load the image encoder ({first_line(exc)}); is a file truncated?") from None
     return path, encoder.eval()
 
 
@@ -221,9 +218,9 @@ def check_ip_adapter_fits(loaded: LoadedIPAdapter, unet: Any) -> None:
     cross_dim = int(unet.config.cross_attention_dim)
     names = _cross_attention_processors(unet)
     layers = loaded.state_dict["ip_adapter"]
-    key = next(iter(sorted(k for k in layers if k.endswith("to_k_ip.weight"))), None)
-    adapter_dim = int(layers[key].shape[1]) if key else None
-    pairs = sum(1 for k in layers if k.endswith("to_k_ip.weight"))
+    keys = [k for k in layers if k.endswith("to_k_ip.weight")]
+    adapter_dim = int(layers[keys[0]].shape[1]) if keys else None
+    pairs = len(keys)
     if adapter_dim != cross_dim or pairs != len(names):
         family = {768: " (SD1.5)", 2048: " (SDXL)"}.get(adapter_dim, "")
         raise ResAdapterRTError(f"{loaded.source}: this IP-Adapter is for a UNet with {pairs} cross-attentions of width "
@@ -234,7 +231,7 @@ def check_ip_adapter_fits(loaded: LoadedIPAdapter, unet: Any) -> None:
 def apply_ip_adapter(unet: Any, loaded: LoadedIPAdapter) -> None:
     """Install the IP-Adapter's attention processors and image projection into ``unet`` (diffusers' converter).
 
-    Each processor's scale stays 1.0; the export scales the image branch itself (``export/ip_adapter.py``).
+    Each processor's scale is 1.0 here; ``export/ip_adapter.py::attach_ip_adapter`` bakes it or makes it a runtime input.
     """
     state = {part: {k: v.float() for k, v in loaded.state_dict[part].items()} for part in ("image_proj", "ip_adapter")}
     from diffusers.utils import logging as diffusers_logging
@@ -244,7 +241,7 @@ def apply_ip_adapter(unet: Any, loaded: LoadedIPAdapter) -> None:
     try:
         unet._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
     except (KeyError, RuntimeError) as exc:
-        raise ResAdapterRTError(f"{loaded.source}: does not fit the model's UNet ({_one_line(exc)}); use an IP-Adapter "
+        raise ResAdapterRTError(f"{loaded.source}: does not fit the model's UNet ({first_line(exc)}); use an IP-Adapter "
                                 "trained for this model family") from None
     finally:
         diffusers_logging.set_verbosity(verbosity)

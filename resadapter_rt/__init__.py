@@ -6,8 +6,9 @@ imported only inside the backends that use them.
 The package is laid out by stage, each importing only the ones before it:
 ``models`` (adapters, LoRA, merging, model loading) -> ``export`` (ONNX) -> ``engines``
 (profiles, TensorRT) -> ``runtime`` (runners, schedulers, the pipeline); ``kernels`` is a leaf
-used by the runtime; ``training`` uses only ``models``; ``bench`` and ``serve`` (Ray Serve, the Open
-Inference Protocol, Triton model repositories) sit on the runtime; ``cli`` on top; ``errors``,
+used by the runtime; ``training`` uses only ``models``; ``bench``, ``serve`` (Ray Serve, the Open
+Inference Protocol, Triton model repositories) and ``miniature`` (the shapes grammar, its scorer,
+``mini-sd15``'s training and the demo) sit on the runtime; ``cli`` on top; ``errors``,
 ``files`` and ``cache`` are shared by all.
 """
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from .errors import ResAdapterRTError
+from .miniature import DEMO_GUIDANCE, DEMO_PROMPT
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silences optional-vision import notices
 
@@ -224,33 +225,27 @@ def _check_generation_args(args: argparse.Namespace) -> None:
 
 VALIDATION_SIZES_HELP = ("off-trace sizes the export is validated at against PyTorch (default 328x200x2,1000x600,280x1000,1008x288; "
                          "the first also checks a 154-token prompt; the VAE decoder takes the first two); fewer make full-size exports faster")
-DEMO_SIZES = ((512, 512), (1000, 600), (328, 200), (384, 768))
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .export.exporter import ExportOptions, export_pipeline, read_manifest
+    from .miniature.demo import ensure_exports, generate_cells, grid_image, write_report
     from .runtime.pipeline import ResAdapterPipeline
 
-    from .files import created_by_us
-
-    artifacts = Path(args.artifacts)
     _check_generation_args(args)
-    _check_output_file(Path(args.output_dir) / "demo.png")
-    try:
-        read_manifest(artifacts)
-        print(f"using the existing export {artifacts}")
-    except ResAdapterRTError:
-        if artifacts.exists() and (not artifacts.is_dir() or any(artifacts.iterdir())) and not created_by_us(artifacts):
-            raise ResAdapterRTError(f"{artifacts}: not an export and not created by resadapter-rt, so demo leaves it alone; "
-                                    "pass --artifacts with a new directory (or an existing export)") from None
-        print(f"exporting the built-in tiny SD1.5 model with its tiny ResAdapter (dynamic alpha) to {artifacts} ...")
-        export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic"), artifacts, force=True,
-                        progress=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
-    pipe = ResAdapterPipeline.from_artifacts(artifacts, backend=args.backend, cpu_precision=args.cpu_precision)
-    for width, height in DEMO_SIZES:
-        _generate_images(pipe, args, width, height, Path(args.output_dir) / f"demo-{width}x{height}.png", args.quiet)
-    print("note: the built-in tiny model has random weights, so these images are structured noise; "
-          "run `resadapter-rt export --model <your pipeline> --resadapter <adapter>` for real ones")
+    output_dir = Path(args.output_dir)
+    _check_output_file(output_dir / "demo.png")
+    quiet = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    exports = ensure_exports(Path(args.artifacts), print, quiet)
+    pipes = {name: ResAdapterPipeline.from_artifacts(path, backend=args.backend, cpu_precision=args.cpu_precision)
+             for name, path in exports.items()}
+    cells = generate_cells(pipes, args.prompt, args.seed, args.steps, args.guidance, scheduler=args.scheduler)
+    grid = grid_image(cells, args.prompt, args.seed)
+    _save_png(grid, output_dir / "demo.png", {"prompt": args.prompt, "seed": args.seed, "steps": args.steps,
+                                              "guidance": args.guidance, "model": "mini-sd15"})
+    write_report(cells, output_dir / "demo.json", args.prompt, args.seed, args.steps, args.guidance)
+    for cell in cells:
+        alpha = f"alpha {cell.alpha:g}" if cell.alpha is not None else "no adapter"
+        verdict = cell.verdict.describe() if cell.verdict else "not scorable (prompt outside the grammar)"
+        print(f"{cell.width}x{cell.height} {cell.label:>13} | {cell.variant:>10} ({alpha}) | {verdict}")
+    print(f"{output_dir / 'demo.png'}: the grid (rows: without / with the ResAdapter); verdicts in {output_dir / 'demo.json'}")
     return 0
 
 
@@ -262,7 +257,8 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, defaults: dict) -
     parser.add_argument("--steps", type=int, default=defaults.get("steps", 25), help="inference steps (default %(default)s)")
     parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
                         help="model (default: the scheduler saved with the model) | dpm++2m-karras | dpm++2m | euler | euler-a | ddim | lcm")
-    parser.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7.0; <= 1 disables)")
+    parser.add_argument("--guidance", type=float, default=defaults.get("guidance", 7.0),
+                        help="classifier-free guidance scale (default %(default)s; <= 1 disables)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--alpha", default="auto", help="ResAdapter alpha for dynamic exports: a number in [0, 2] or auto")
     parser.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) | torch | tensorrt | openvino")
@@ -473,10 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     canny.add_argument("--high", type=int, default=200, help="upper hysteresis threshold (default 200)")
     canny.set_defaults(handler=_cmd_canny)
 
-    demo = commands.add_parser("demo", help="the whole path on the built-in tiny model, offline: export if missing, then generate")
-    demo.add_argument("--artifacts", default="export/tiny-sd15-demo", help="export directory to use or create")
-    demo.add_argument("--output-dir", default="outputs", help="where the PNGs go (default outputs/)")
-    _add_generation_arguments(demo, {"prompt": "a watercolor fox in a misty forest", "steps": 8})
+    demo = commands.add_parser("demo", help="the built-in mini-sd15 with and without its ResAdapter at in- and out-of-domain "
+                                            "sizes, offline: export if missing, generate, score, one grid PNG")
+    demo.add_argument("--artifacts", default="export/mini-sd15-demo", help="root of the two exports to use or create "
+                      "(model/: --resadapter none, resadapter/: dynamic alpha)")
+    demo.add_argument("--output-dir", default="outputs", help="where demo.png and demo.json go (default outputs/)")
+    _add_generation_arguments(demo, {"prompt": DEMO_PROMPT, "steps": 20, "guidance": DEMO_GUIDANCE})
     demo.set_defaults(handler=_cmd_demo)
 
     serve = commands.add_parser("serve", help="serve an export over the Open Inference Protocol (KServe v2 HTTP) on Ray Serve")

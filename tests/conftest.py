@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
+
+from tiers import EXTENDED
+
+# tiers.py's patterns: literal node ids where "*" stands for any text (brackets are literal, unlike fnmatch).
+EXTENDED_IDS = re.compile("|".join(re.escape(pattern).replace(r"\*", ".*") for pattern in EXTENDED))
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; the offline path is what we test
@@ -15,6 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESADAPTER_SHARED", REPO.parent / "shared"))
 OFFICIAL = SHARED / "resadapter"
 OFFICIAL_VARIANTS = sorted(p.name for p in OFFICIAL.glob("resadapter_*") if p.is_dir())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests tiers.py lists as ``extended`` (deselected by default; ``-m extended`` runs them)."""
+    for item in items:
+        if EXTENDED_IDS.fullmatch(item.nodeid):
+            item.add_marker(pytest.mark.extended)
 
 
 @pytest.fixture(scope="session", autouse=True)

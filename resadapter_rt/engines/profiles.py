@@ -14,11 +14,12 @@ import re
 from dataclasses import asdict, dataclass
 
 from ..errors import ResAdapterRTError
+from ..models.families import FAMILIES
 
 LATENT_FACTOR = 8
 TOKEN_CHUNK = 77
 # Per family: the official adapters' model-card pixel ranges (v2_sd1.5 128-1024, v2_sdxl 256-1536).
-FAMILY_PIXEL_RANGE = {"sd15": (128, 1024), "sdxl": (256, 1536)}
+FAMILY_PIXEL_RANGE = {family.name: family.pixel_range for family in FAMILIES.values()}
 PRESETS = {
     "resadapter_v2_sd1.5": "128-1024@0.28-3.5,opt=512x512",
     "resadapter_v2_sdxl": "256-1536@0.28-3.5,opt=1024x1024",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..models.adapter import load_adapter
+from ..models.adapter import NO_ADAPTER, load_adapter
 from .dynamic_alpha import attach_lora_branches
 from ..errors import ResAdapterRTError
 from ..models.families import SDXL
@@ -90,6 +90,9 @@ class ExportOptions:
         if self.dtype not in DTYPES:
             raise ResAdapterRTError(f"unknown dtype {self.dtype!r}; choose fp32 or fp16")
         alpha = self.alpha if str(self.alpha) == "dynamic" else parse_alpha(self.alpha)
+        if alpha == "dynamic" and self.resadapter == NO_ADAPTER:
+            raise ResAdapterRTError("--alpha dynamic needs a ResAdapter, but --resadapter is none (the model as it is); "
+                                    "leave --alpha out, or name an adapter")
         for width, height, _ in self.validation_sizes:
             if width % 8 or height % 8:
                 raise ResAdapterRTError(f"validation size {width}x{height} is not a multiple of 8 px")
@@ -260,7 +263,7 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     # Tracing runs the network once. torch's fp16 convolutions on CPUs without fp16 units are ~235x slower than
     # fp32 (a 320-channel 3x3 conv at latent 64^2: 89 s vs 0.38 s), so a half-precision copy is traced at a
     # small latent size: H/W stay dynamic, upsample sizes come from the skips, and validation runs elsewhere.
-    size = 8 if options.dtype == "fp16" else components.family.training_size // 8
+    size = 8 if options.dtype == "fp16" else components.training_size // 8
     # The small components go first and the UNet last: each network's weights are freed once it is exported.
     jobs: list[tuple[nn.Module, ComponentSpec, dict, list[dict]]] = []
     for name in ("text_encoder", "text_encoder_2"):
@@ -285,7 +288,8 @@ def _export_into(tmp: Path, options: ExportOptions, progress) -> dict:
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "resadapter_rt_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "family": components.family.name, "training_size": components.family.training_size,
+        "family": components.family.name, "training_size": components.training_size,
+        "pixel_range": list(components.pixel_range),
         "sources": merge_record(components, adapter, None if dynamic else options.alpha, loras),
         "alpha_mode": "dynamic" if dynamic else "baked", "alpha": None if dynamic else options.alpha,
         "opset": OPSET, "dtype": options.dtype, "target": options.target,

@@ -21,6 +21,7 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 NORM_FILE = "diffusion_pytorch_model.safetensors"
 LEGACY_NORM_FILE = "groupnorm_state_dict.pt"
 
+NO_ADAPTER = "none"  # export the model as it is (no LoRA, its own GroupNorm affines)
 SAMPLER_CONV = re.compile(r"^(down_blocks\.\d+\.downsamplers|up_blocks\.\d+\.upsamplers)\.0\.conv$")
 RESNET_NORM = re.compile(r"^(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.resnets\.\d+\.norm[12]\.(weight|bias)$")
 
@@ -31,11 +32,13 @@ class ResAdapterWeights:
 
     lora: LoraWeights  # keys "unet.<sampler conv path>"
     norms: dict[str, torch.Tensor] | None  # diffusers UNet keys; None for LoRA-only releases
-    family: ModelFamily
+    family: ModelFamily | None  # None: ``--resadapter none``, which fits every model
     source: str
     files: list[Path] = field(default_factory=list)
 
     def describe(self) -> str:
+        if self.source == NO_ADAPTER:
+            return "no ResAdapter (--resadapter none): the model as it is"
         ranks = sorted({layer.rank for layer in self.lora.layers.values()})
         scales = sorted({round(layer.scale, 6) for layer in self.lora.layers.values()})
         norms = f"{len(self.norms)} norm tensors" if self.norms else "no norm weights"
@@ -80,15 +83,22 @@ def load_adapter(
 
     ``source`` may be a release directory (``pytorch_lora_weights.safetensors`` plus
     ``diffusion_pytorch_model.safetensors`` or ``groupnorm_state_dict.pt``), a single LoRA file,
-    ``owner/repo/subfolder`` on the hub, or ``tiny-sd15`` / ``tiny-sdxl``.
+    ``owner/repo/subfolder`` on the hub, ``tiny-sd15`` / ``tiny-sdxl`` / ``mini-sd15`` (built in), or
+    ``none`` (no adapter: merging it changes nothing).
     """
     if source is None and lora_file is None:
         raise ResAdapterRTError("no ResAdapter given: pass a directory, a hub id, or the LoRA file")
     label = str(source) if source is not None else str(lora_file)
+    if label == NO_ADAPTER and lora_file is None:
+        return ResAdapterWeights(lora=LoraWeights({}, NO_ADAPTER), norms=None, family=None, source=NO_ADAPTER)
     if source is not None and str(source) in ("tiny-sd15", "tiny-sdxl"):
         from .tiny import tiny_adapter_dir
 
         source = tiny_adapter_dir(FAMILIES[str(source).removeprefix("tiny-")])
+    elif source is not None and str(source) == "mini-sd15":
+        from .mini import adapter_dir
+
+        source = adapter_dir()
     if source is not None:
         path = resolve_reference(source, "ResAdapter", patterns=["*.safetensors", "*.json", LEGACY_NORM_FILE])
         if path.is_dir():

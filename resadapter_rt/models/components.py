@@ -17,6 +17,7 @@ from .hub import resolve_reference
 log = logging.getLogger(__name__)
 
 TINY_MODELS = ("tiny-sd15", "tiny-sdxl")
+BUILTIN_MODELS = (*TINY_MODELS, "mini-sd15")  # mini-sd15: trained weights shipped in the package (miniature/)
 _HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.txt", "*/*.json", "*/model.safetensors", "*/diffusion_pytorch_model.safetensors"]
 _LIBRARIES = ("diffusers", "transformers")
 _COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -38,10 +39,16 @@ class PipelineComponents:
     # SDXL pipelines use zero embeddings for an absent negative prompt unless the model says otherwise.
     force_zeros_for_empty_prompt: bool | None = None
     path: Path | None = None  # the local file or directory it was loaded from (None: built in)
+    training_size: int | None = None  # pixels; None: the family's (a pipeline dir may declare it in resadapter_rt.json)
+    pixel_range: tuple[int, int] | None = None  # pixels per side its exports serve; None: the family's
 
     def __post_init__(self) -> None:
         if self.force_zeros_for_empty_prompt is None:
             self.force_zeros_for_empty_prompt = self.family is SDXL
+        if self.training_size is None:
+            self.training_size = self.family.training_size
+        if self.pixel_range is None:
+            self.pixel_range = self.family.pixel_range
 
     def networks(self) -> dict[str, Any]:
         """Present torch modules by component name (the keys LoRA files use)."""
@@ -150,7 +157,7 @@ def _load_single_file(path: Path, label: str, config: str | None) -> PipelineCom
 def load_components(model: str | Path, *, unet_only: bool = False, config: str | None = None) -> PipelineComponents:
     """Load a personalized model.
 
-    ``model`` is ``tiny-sd15`` / ``tiny-sdxl`` (built-in, offline), a diffusers pipeline directory
+    ``model`` is ``tiny-sd15`` / ``tiny-sdxl`` / ``mini-sd15`` (built-in, offline), a diffusers pipeline directory
     (``model_index.json``), a UNet directory (``config.json`` of a UNet2DConditionModel), a single
     ``.safetensors`` checkpoint (Civitai style; ``config`` names the matching diffusers layout), or
     a hub id. With ``unet_only`` only the UNet is loaded.
@@ -160,10 +167,20 @@ def load_components(model: str | Path, *, unet_only: bool = False, config: str |
         from .tiny import tiny_pipeline_dir
 
         path = tiny_pipeline_dir(FAMILIES[label.removeprefix("tiny-")])
+    elif label == "mini-sd15":
+        from .mini import pipeline_dir
+
+        path = pipeline_dir()
     else:
         path = resolve_reference(model, "model", patterns=_HUB_PATTERNS)
     components = _load_path(path, label, unet_only, config)
-    return components if label in TINY_MODELS else components.with_(path=path)
+    if path.is_dir():
+        from .mini import model_facts
+
+        facts = model_facts(path)
+        components = components.with_(training_size=facts.get("training_size", components.training_size),
+                                      pixel_range=tuple(facts.get("pixel_range", components.pixel_range)))
+    return components if label in BUILTIN_MODELS else components.with_(path=path)
 
 
 def _load_path(path: Path, label: str, unet_only: bool, config: str | None) -> PipelineComponents:
@@ -191,4 +208,4 @@ def load_unet(model: str | Path) -> Any:
     return load_components(model, unet_only=True).unet
 
 
-__all__ = ["PipelineComponents", "load_components", "load_unet", "TINY_MODELS"]
+__all__ = ["PipelineComponents", "load_components", "load_unet", "TINY_MODELS", "BUILTIN_MODELS"]

@@ -14,6 +14,7 @@ class ModelFamily:
     display_name: str
     training_size: int  # pixels, the size the base model was trained at
     num_down_blocks: int  # UNet down blocks; all but the last have a downsampler
+    pixel_range: tuple[int, int]  # pixels per side the official ResAdapter's model card covers
 
     @property
     def num_samplers(self) -> int:
@@ -21,8 +22,8 @@ class ModelFamily:
         return self.num_down_blocks - 1
 
 
-SD15 = ModelFamily("sd15", "SD1.5", training_size=512, num_down_blocks=4)
-SDXL = ModelFamily("sdxl", "SDXL", training_size=1024, num_down_blocks=3)
+SD15 = ModelFamily("sd15", "SD1.5", training_size=512, num_down_blocks=4, pixel_range=(128, 1024))
+SDXL = ModelFamily("sdxl", "SDXL", training_size=1024, num_down_blocks=3, pixel_range=(256, 1536))
 FAMILIES = {f.name: f for f in (SD15, SDXL)}
 
 

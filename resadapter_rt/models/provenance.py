@@ -14,14 +14,14 @@ from typing import Iterable
 
 from ..errors import ResAdapterRTError
 from ..files import sha256_file
-from .adapter import ResAdapterWeights
-from .components import TINY_MODELS, PipelineComponents
+from .adapter import NO_ADAPTER, ResAdapterWeights
+from .components import BUILTIN_MODELS, PipelineComponents
 from .lora import LoraWeights
 
 
 def source_entry(reference: str) -> dict:
     """How a user-given model/adapter reference is recorded: its text, kind and absolute local path."""
-    if reference in TINY_MODELS:
+    if reference in BUILTIN_MODELS or reference == NO_ADAPTER:
         return {"source": reference, "kind": "builtin"}
     path = Path(reference).expanduser()
     if path.exists():
@@ -51,7 +51,7 @@ def merge_record(
         "family": components.family.name,
         "resadapter": {
             **source_entry(adapter.source),
-            "family": adapter.family.name,
+            "family": adapter.family.name if adapter.family else None,
             "files": {p.name: sha256_file(p) for p in adapter.files},
             "lora_layers": len(adapter.lora.layers),
             "norm_tensors": len(adapter.norms or {}),
@@ -73,7 +73,7 @@ class RecordedSources:
 
 def recorded_path(entry: dict, export_dir: Path, what: str) -> str:
     """Where a recorded source is now: builtin names and hub ids as they are, local paths checked."""
-    kind = entry.get("kind") or ("builtin" if entry["source"] in TINY_MODELS else "local")
+    kind = entry.get("kind") or ("builtin" if entry["source"] in BUILTIN_MODELS else "local")
     if kind in ("builtin", "hub"):
         return entry["source"]
     path = Path(entry.get("path") or entry["source"])

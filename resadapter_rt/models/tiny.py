@@ -22,7 +22,7 @@ SEED = 1234
 CLIP_WIDTH = 32
 
 
-def _byte_vocabulary() -> dict[str, int]:
+def byte_vocabulary() -> dict[str, int]:
     """CLIP's byte-to-unicode alphabet, each symbol alone and word-final, plus the two specials."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     symbols, extra = [], 0
@@ -38,7 +38,7 @@ def _byte_vocabulary() -> dict[str, int]:
 
 def _write_tokenizer(directory: Path) -> int:
     directory.mkdir(parents=True)
-    vocab = _byte_vocabulary()
+    vocab = byte_vocabulary()
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (directory / "merges.txt").write_text("#version: 0.2\n")
     from transformers import CLIPTokenizer

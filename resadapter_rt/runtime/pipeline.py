@@ -166,8 +166,9 @@ class ResAdapterPipeline:
 
     # -- checks -------------------------------------------------------------------------------
     def covered_range(self) -> tuple[int, int]:
-        """Pixels per side an export serves (every multiple of 8 inside): the family's model-card range."""
-        return FAMILY_PIXEL_RANGE[self.family]
+        """Pixels per side an export serves (every multiple of 8 inside): the model's declared range, else its
+        family's model-card range."""
+        return tuple(self.manifest.get("pixel_range") or FAMILY_PIXEL_RANGE[self.family])
 
     def _check_request(self, prompt, height, width, steps, guidance, images_per_prompt) -> None:
         low, high = self.covered_range()

@@ -22,7 +22,7 @@ def test_demo_never_deletes_a_directory_it_did_not_create(tmp_path, capsys):
     (mydata / "thesis.txt").write_text("draft")
     assert main(["demo", "--artifacts", str(mydata), "--output-dir", str(tmp_path / "out"), "-q"]) == 2
     assert capsys.readouterr().err == (f"error: {mydata}: not an export and not created by resadapter-rt, so demo leaves it "
-                                       "alone; pass --artifacts with a new directory (or an existing export)\n")
+                                       "alone; pass --artifacts with a new directory (or one demo made)\n")
     assert (mydata / "thesis.txt").read_text() == "draft"
 
 

@@ -166,13 +166,3 @@ def test_generate_bad_artifacts(artifacts, tmp_path, capsys):
     (old / "manifest.json").write_text(json.dumps(manifest | {"format_version": 0}))
     assert main(base + ["--artifacts", str(old)]) == 2
     assert "export format 'resadapter-rt/export' v0 is not resadapter-rt/export v2; re-export it" in capsys.readouterr().err
-
-
-def test_demo_main_job_exports_once_and_writes_images(tmp_path, capsys):
-    args = ["demo", "--artifacts", str(tmp_path / "art"), "--output-dir", str(tmp_path / "out"), "--steps", "2", "-q"]
-    assert main(args) == 0
-    sizes = {Image.open(p).size for p in (tmp_path / "out").glob("demo-*.png")}
-    assert sizes == {(512, 512), (1000, 600), (328, 200), (384, 768)}
-    assert "exporting the built-in tiny SD1.5 model" in capsys.readouterr().out
-    assert main(args) == 0
-    assert "using the existing export" in capsys.readouterr().out

@@ -1,0 +1,9 @@
+"""The miniature: a shapes grammar, a scorer for it, and ``mini-sd15`` (a small SD1.5-architecture model trained
+here at 128x128 only) with its ResAdapter, so ResAdapter's effect can be seen and measured on a CPU.
+
+Modules: ``shapes`` (the data), ``scorer`` (object count and colour), ``model`` (architecture and shipped
+weights), ``train_base`` (training the base model), ``demo`` (``resadapter-rt demo``).
+"""
+
+DEMO_PROMPT = "a red circle on a white background"
+DEMO_GUIDANCE = 5.0  # what the miniature benchmark and demo use

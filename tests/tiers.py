@@ -1,0 +1,75 @@
+"""Which tests run in the extended tier (``python -m pytest -m extended``) instead of the default one.
+
+The default tier (``python -m pytest``) keeps every module, every command, each backend's parity on
+the tiny models, the bad-input tables, one real TensorRT-RTX build and the Triton interpreter in
+fp32: what a change most often breaks. The extended tier (CI runs it after the default one) holds
+the rest: more shapes, schedulers, dtypes and families of the same checks, full-size merges, every
+compute capability's ahead-of-time compilation, and slower robustness scenarios. Each entry is a
+node-id pattern (``*`` stands for any text, everything else is literal) and why it is extended rather than default.
+"""
+
+from __future__ import annotations
+
+EXTENDED: dict[str, str] = {
+    # models
+    "tests/models/test_merge.py::test_full_size_merge_matches_diffusers_reference*":
+        "full-size UNets through PEFT (100 s); every official variant still merges into a full-size UNet by default",
+    # export
+    "tests/export/test_export.py::test_baked_unet_matches_merged_pytorch_off_trace[1000-600-1-*":
+        "a third size; 328x200x3 and 512x384x2 stay",
+    "tests/export/test_export.py::test_fp16_export_keeps_groupnorm_fp32_and_matches_fp32_pytorch":
+        "fp16 export with dynamic alpha stays by default",
+    "tests/export/test_export.py::test_unet_only_export": "a UNet-only model is exported by default in test_engines",
+    "tests/export/test_export.py::test_graph_without_skip_sized_upsampling_breaks_on_odd_sizes":
+        "a counter-example (the old graph breaking); odd sizes themselves are validated by default",
+    "tests/export/test_export_memory.py::test_a_whole_export_past_the_limit_is_validated_and_loadable":
+        "the streaming writer is covered by the two unit tests beside it",
+    "tests/export/test_interop.py::test_consumers_config_loaders_read_the_export[sdxl]": "sd15 stays",
+    # engines
+    "tests/engines/test_rtx_builds.py::test_sdxl_fp32_dynamic_build_via_cli_then_cache_hit*":
+        "a second real build (SDXL); the SD1.5 one stays",
+    "tests/engines/test_rtx_builds.py::test_user_file_in_kept_export_survives_a_rebuild_request":
+        "uses the SDXL build above",
+    "tests/engines/test_rtx_builds.py::test_sd15_with_a_controlnet_builds*": "a third real build",
+    "tests/engines/test_rtx_builds.py::test_sd15_with_an_ip_adapter_builds*": "a fourth real build",
+    # kernels
+    "tests/kernels/test_aot.py::*": "ptxas for five compute capabilities (40 s); the kernels' numerics stay by default",
+    "tests/kernels/test_kernels.py::test_kernels_match_float64_on_odd_shapes_with_mean_offset*dtype1*":
+        "fp16 under the interpreter; fp32 covers every shape, layout, activation and path by default",
+    "tests/kernels/test_kernels.py::test_kernels_match_float64_on_odd_shapes_with_mean_offset*dtype2*": "bf16, as above",
+    "tests/kernels/test_kernels.py::test_torch_backend_switch_gives_the_same_images":
+        "whole generations with the kernel switched in; the per-module switch test stays",
+    # runtime
+    "tests/runtime/test_runtime.py::test_final_latents_match_diffusers_pipeline[torch-sd15-dpm*":
+        "each backend keeps one SD1.5 and one SDXL case by default",
+    "tests/runtime/test_runtime.py::test_final_latents_match_diffusers_pipeline[onnxruntime-sd15-dpm*": "as above",
+    "tests/runtime/test_runtime.py::test_final_latents_match_diffusers_pipeline[torch-sdxl-dpm*": "as above",
+    "tests/runtime/test_runtime.py::test_final_latents_match_diffusers_pipeline[onnxruntime-sdxl-ddim*": "as above",
+    "tests/runtime/test_runtime.py::test_lcm_lora_stacked_at_export_with_lcm_scheduler":
+        "LoRA stacking stays by default in test_merge (diffusers multi-adapter parity)",
+    "tests/runtime/test_trust.py::test_sdxl_force_zeros_for_empty_prompt_comes_from_the_model": "an SDXL export of its own",
+    "tests/runtime/test_trust.py::test_a_vanished_local_source_never_falls_back_to_the_hub":
+        "each trust test exports; rebuild-from-recorded-paths and an edited adapter stay",
+    "tests/runtime/test_trust.py::test_edited_model_file_is_refused_by_name": "as above",
+    "tests/runtime/test_ip_adapter.py::test_one_export_serves_every_scale_as_exports_baked_at_each":
+        "exports at three baked scales (34 s); runtime-scale parity with diffusers stays",
+    "tests/runtime/test_ip_adapter.py::test_dynamic_alpha_with_a_controlnet_matches_diffusers":
+        "an SDXL ControlNet + IP-Adapter export of its own",
+    "tests/runtime/test_ip_adapter.py::test_final_latents_match_diffusers[torch-sd15-full-face*":
+        "full-face and plus variants stay by default on ONNX Runtime",
+    "tests/runtime/test_ip_adapter.py::test_final_latents_match_diffusers[torch-sd15-plus*": "as above",
+    "tests/runtime/test_ip_adapter.py::test_final_latents_match_diffusers[torch-sdxl-plain-family*-i2i]": "as above",
+    "tests/runtime/test_controlnet.py::test_sdxl_controlnet_with_dynamic_alpha_matches_diffusers*":
+        "an SDXL ControlNet export of its own; SD1.5 ControlNet parity stays on both backends",
+    "tests/runtime/test_controlnet.py::test_final_latents_match_diffusers_controlnet_pipeline[*-one-264-392-euler]":
+        "a third size; 256x256 and the odd 264x392 with two ControlNets stay",
+    "tests/runtime/test_controlnet.py::test_large_odd_latent_840x1000*": "a large latent; odd sizes stay at 264x392",
+    # cli
+    "tests/cli/test_ip_adapter_cli.py::test_generate_inpainting_with_an_image_prompt_records_it":
+        "48 s of generation; the IP-Adapter CLI export and bad-input tables stay",
+    "tests/cli/test_data_safety.py::test_concurrent_exports_into_one_directory_cannot_both_succeed":
+        "two export subprocesses; the held-lock refusal stays",
+    # serve
+    "tests/serve/test_serve.py::test_readiness_is_false_while_no_replica_can_serve":
+        "kills every replica and waits for recovery (20 s); the one-replica restart stays",
+}

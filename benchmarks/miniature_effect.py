@@ -6,7 +6,7 @@
 For every size and every prompt of the grammar (36), ``--seeds`` images (their initial noise drawn in
 order from a generator seeded with the prompt's index: the same noise for both exports) are
 generated through ONNX Runtime by the ``--resadapter none`` export (the model as it is) and by the
-dynamic-alpha export with the adapter at alpha auto, and scored: success = exactly one object of
+dynamic-alpha export with the adapter at alpha auto and at alpha 1.0, and scored: success = exactly one object of
 the prompted colour. At the training size it also measures the mean absolute pixel change the adapter
 causes (style preservation). Writes ``miniature_effect.json``, ``miniature_effect.png`` (success rate
 per size) and ``miniature_effect_grid.png`` (one prompt's first images per size, both exports) to
@@ -28,6 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SIZES = "64x64,128x128,256x256,384x384,384x128,128x384"
 GRID_IMAGES = 4
+VARIANT_LABELS = {"without": "without ResAdapter (--resadapter none)", "with": "with ResAdapter, alpha auto",
+                  "with_alpha_1": "with ResAdapter, alpha 1.0"}
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -50,23 +52,23 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def run_size(pipes: dict, width: int, height: int, seeds: int, steps: int, guidance: float, batch: int):
-    """Per export: verdicts (prompt-major) and the images as uint8 arrays."""
+def run_size(variants: dict, width: int, height: int, seeds: int, steps: int, guidance: float, batch: int):
+    """Per variant (name -> (pipeline, alpha)): verdicts (prompt-major) and the images as uint8 arrays."""
     import torch
 
     from resadapter_rt.miniature.scorer import score
     from resadapter_rt.miniature.shapes import caption, vocabulary
 
-    results = {name: {"verdicts": [], "images": [], "alphas": set()} for name in pipes}
+    results = {name: {"verdicts": [], "images": [], "alphas": set()} for name in variants}
     for prompt_index, words in enumerate(vocabulary()):
         prompt = caption(*words)
-        for name, pipe in pipes.items():
+        for name, (pipe, alpha) in variants.items():
             images = []
             generator = torch.Generator().manual_seed(prompt_index)  # successive chunks continue its draws
             for start in range(0, seeds, batch):
                 count = min(batch, seeds - start)
                 result = pipe(prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-                              generator=generator, num_images_per_prompt=count, resadapter_alpha="auto")
+                              generator=generator, num_images_per_prompt=count, resadapter_alpha=alpha)
                 images += [np.asarray(image) for image in result.images]
                 results[name]["alphas"].add(result.alpha)
             results[name]["verdicts"] += [score(image, prompt) for image in images]
@@ -97,8 +99,8 @@ def plot(rows: list[dict], path: Path) -> bool:
     labels = [f"{r['width']}x{r['height']}" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.bar(x - 0.2, [100 * r["without"]["success_rate"] for r in rows], 0.4, label="without ResAdapter")
-    ax.bar(x + 0.2, [100 * r["with"]["success_rate"] for r in rows], 0.4, label="with ResAdapter (alpha auto)")
+    for offset, (key, label) in zip((-0.27, 0, 0.27), VARIANT_LABELS.items()):
+        ax.bar(x + offset, [100 * r[key]["success_rate"] for r in rows], 0.27, label=label)
     ax.set_xticks(x, labels)
     ax.set_ylabel("success rate, % (one object, prompted colour)")
     ax.set_ylim(0, 100)
@@ -111,7 +113,7 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 
 def grid(examples: list[tuple[int, int, list, list]], path: Path) -> None:
-    """Per size one block: a row of images without, a row with the adapter."""
+    """Per size one block: a row of images without, a row with the adapter (alpha auto)."""
     from PIL import Image
 
     cell = max(max(w, h) for w, h, _, _ in examples)
@@ -154,16 +156,16 @@ def main() -> int:
         out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / "tmp" / f"miniature_effect-{int(time.time())}"
     out.mkdir(parents=True, exist_ok=True)
     exports = ensure_exports(Path(args.artifacts), print, lambda m: None)
-    pipes = {"without": ResAdapterPipeline.from_artifacts(exports["model"]),
-             "with": ResAdapterPipeline.from_artifacts(exports["resadapter"])}
+    plain, adapted = (ResAdapterPipeline.from_artifacts(exports[name]) for name in ("model", "resadapter"))
+    variants = {"without": (plain, "auto"), "with": (adapted, "auto"), "with_alpha_1": (adapted, 1.0)}
     rows, examples = [], []
     began = time.perf_counter()
     for width, height in sizes:
         start = time.perf_counter()
-        results = run_size(pipes, width, height, args.seeds, args.steps, guidance, args.batch)
+        results = run_size(variants, width, height, args.seeds, args.steps, guidance, args.batch)
         row = {"width": width, "height": height, "in_domain": (width, height) == (TRAINING_SIZE, TRAINING_SIZE),
                "alpha": sorted(results["with"]["alphas"])[0],
-               "without": summarize(results["without"]["verdicts"]), "with": summarize(results["with"]["verdicts"]),
+               **{name: summarize(results[name]["verdicts"]) for name in variants},
                "seconds": round(time.perf_counter() - start, 1)}
         if row["in_domain"]:
             without = np.concatenate([np.stack(i) for i in results["without"]["images"]]).astype(np.float64)
@@ -173,10 +175,11 @@ def main() -> int:
         examples.append((width, height, results["without"]["images"][0], results["with"]["images"][0]))
         change = f", mean |pixel change| {row['mean_abs_pixel_change']:.4f}" if "mean_abs_pixel_change" in row else ""
         print(f"{width}x{height}: success without {row['without']['success_rate']:.1%}, with {row['with']['success_rate']:.1%} "
-              f"(alpha {row['alpha']:g}){change} [{row['seconds']:.0f} s]", flush=True)
+              f"(alpha auto = {row['alpha']:g}), with at alpha 1 {row['with_alpha_1']['success_rate']:.1%}{change} "
+              f"[{row['seconds']:.0f} s]", flush=True)
     record = {"benchmark": "miniature_effect", "model": "mini-sd15", "backend": "onnxruntime (CPU)",
               "cpu": cpu_name(), "seeds_per_prompt": args.seeds, "prompts": 36, "steps": args.steps, "guidance": guidance,
-              "scheduler": "model (Euler)", "seconds": round(time.perf_counter() - began, 1), "rows": rows}
+              "scheduler": "model (Euler)", "variants": VARIANT_LABELS, "seconds": round(time.perf_counter() - began, 1), "rows": rows}
     (out / "miniature_effect.json").write_text(json.dumps(record, indent=1) + "\n")
     plotted = plot(rows, out / "miniature_effect.png")
     grid(examples, out / "miniature_effect_grid.png")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from .errors import ResAdapterRTError
-from .miniature import DEMO_GUIDANCE, DEMO_PROMPT
+from .miniature import DEMO_ALPHA, DEMO_GUIDANCE, DEMO_PROMPT
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silences optional-vision import notices
 
@@ -236,7 +236,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     exports = ensure_exports(Path(args.artifacts), print, quiet)
     pipes = {name: ResAdapterPipeline.from_artifacts(path, backend=args.backend, cpu_precision=args.cpu_precision)
              for name, path in exports.items()}
-    cells = generate_cells(pipes, args.prompt, args.seed, args.steps, args.guidance, scheduler=args.scheduler)
+    cells = generate_cells(pipes, args.prompt, args.seed, args.steps, args.guidance, args.alpha, scheduler=args.scheduler)
     grid = grid_image(cells, args.prompt, args.seed)
     _save_png(grid, output_dir / "demo.png", {"prompt": args.prompt, "seed": args.seed, "steps": args.steps,
                                               "guidance": args.guidance, "model": "mini-sd15"})
@@ -260,7 +260,8 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, defaults: dict) -
     parser.add_argument("--guidance", type=float, default=defaults.get("guidance", 7.0),
                         help="classifier-free guidance scale (default %(default)s; <= 1 disables)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--alpha", default="auto", help="ResAdapter alpha for dynamic exports: a number in [0, 2] or auto")
+    parser.add_argument("--alpha", default=defaults.get("alpha", "auto"),
+                        help="ResAdapter alpha for dynamic exports: a number in [0, 2] or auto (default %(default)s)")
     parser.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) | torch | tensorrt | openvino")
     parser.add_argument("--cpu-precision", help="openvino only: fp32 | bf16 | auto (default: bf16 where the CPU has native bf16)")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
@@ -474,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--artifacts", default="export/mini-sd15-demo", help="root of the two exports to use or create "
                       "(model/: --resadapter none, resadapter/: dynamic alpha)")
     demo.add_argument("--output-dir", default="outputs", help="where demo.png and demo.json go (default outputs/)")
-    _add_generation_arguments(demo, {"prompt": DEMO_PROMPT, "steps": 20, "guidance": DEMO_GUIDANCE})
+    _add_generation_arguments(demo, {"prompt": DEMO_PROMPT, "steps": 20, "guidance": DEMO_GUIDANCE, "alpha": DEMO_ALPHA})
     demo.set_defaults(handler=_cmd_demo)
 
     serve = commands.add_parser("serve", help="serve an export over the Open Inference Protocol (KServe v2 HTTP) on Ray Serve")

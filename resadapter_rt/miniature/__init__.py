@@ -7,3 +7,6 @@ weights), ``train_base`` (training the base model), ``demo`` (``resadapter-rt de
 
 DEMO_PROMPT = "a red circle on a white background"
 DEMO_GUIDANCE = 5.0  # what the miniature benchmark and demo use
+# mini-sd15's adapter was trained at alpha 1 at every size (64-384 px); the official adapters' bands (alpha
+# auto: 0.47 at 2x, 0.2 at 3x) under-use it: benchmarks/results/miniature_effect.json measures both.
+DEMO_ALPHA = "1.0"

@@ -23,7 +23,7 @@ DEMO_SIZES = ((128, 128, "training size"), (64, 64, "1/2x"), (256, 256, "2x"), (
               (384, 128, "wide 3:1"), (128, 384, "tall 1:3"))
 VALIDATION_SIZES = ((200, 136, 2), (128, 384, 1))  # off-trace sizes the demo exports are checked at
 EXPORTS = {"model": "none", "resadapter": MINI_NAME}  # subdirectory -> --resadapter
-ROW_LABELS = {"model": "without ResAdapter (the model as it is)", "resadapter": "with ResAdapter (alpha auto)"}
+ROW_LABELS = {"model": "without ResAdapter (the model as it is)", "resadapter": "with ResAdapter"}
 
 
 @dataclass
@@ -70,7 +70,7 @@ def ensure_exports(root: Path, notify: Callable[[str], None], progress: Callable
     return directories
 
 
-def generate_cells(pipes: dict, prompt: str, seed: int, steps: int, guidance: float,
+def generate_cells(pipes: dict, prompt: str, seed: int, steps: int, guidance: float, alpha: str = "auto",
                    sizes=DEMO_SIZES, scheduler: str = "model") -> list[DemoCell]:
     """Every size with every export: the same prompt and seed, scored when the prompt is of the grammar."""
     try:
@@ -82,10 +82,11 @@ def generate_cells(pipes: dict, prompt: str, seed: int, steps: int, guidance: fl
     for width, height, label in sizes:
         for variant, pipe in pipes.items():
             result = pipe(prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-                          seed=seed, resadapter_alpha="auto", scheduler=scheduler)
+                          seed=seed, resadapter_alpha=alpha if pipe.manifest["alpha_mode"] == "dynamic" else "auto",
+                          scheduler=scheduler)
             image = result.images[0]
-            alpha = result.alpha if pipe.manifest["alpha_mode"] == "dynamic" else None
-            cells.append(DemoCell(width, height, label, variant, image, alpha, score(image, prompt) if scorable else None))
+            used = result.alpha if pipe.manifest["alpha_mode"] == "dynamic" else None
+            cells.append(DemoCell(width, height, label, variant, image, used, score(image, prompt) if scorable else None))
     return cells
 
 

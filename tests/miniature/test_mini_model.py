@@ -61,7 +61,10 @@ def test_demo_writes_the_grid_and_verdicts(demo_run):
     assert all(c["verdict"] is not None for c in cells)
     in_domain = [c for c in cells if (c["width"], c["height"]) == (128, 128)]
     assert [c["alpha"] for c in in_domain] == [None, 1.0]
-    assert next(c for c in cells if (c["width"], c["height"], c["variant"]) == (384, 384, "resadapter"))["alpha"] < 1.0
+    assert {c["alpha"] for c in cells if c["variant"] == "resadapter"} == {1.0}  # the demo's default alpha
+    with_adapter = sum(c["verdict"]["success"] for c in cells if c["variant"] == "resadapter")
+    without = sum(c["verdict"]["success"] for c in cells if c["variant"] == "model")
+    assert with_adapter > without  # seed 0's prompt: the adapter fixes out-of-domain sizes the model gets wrong
 
 
 def test_demo_reuses_its_exports(demo_run, capsys):

@@ -16,6 +16,8 @@ EXTENDED_IDS = re.compile("|".join(re.escape(pattern).replace(r"\*", ".*") for p
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; the offline path is what we test
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N processes share the cores, one torch thread each
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESADAPTER_SHARED", REPO.parent / "shared"))

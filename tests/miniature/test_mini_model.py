@@ -23,7 +23,7 @@ def test_builtin_model_and_adapter_load_offline():
     parts = load_components("mini-sd15")
     assert parts.training_size == TRAINING_SIZE == 128 and parts.pixel_range == PIXEL_RANGE
     assert parts.vae is not None and parts.text_encoder is not None and parts.tokenizer is not None
-    assert parts.unet.config.block_out_channels == (32, 64, 96, 96)
+    assert tuple(parts.unet.config.block_out_channels) == (32, 64, 96, 96)
     adapter = load_adapter("mini-sd15")
     assert adapter.family.name == "sd15" and adapter.norms and len(adapter.lora.layers) == 6
 

@@ -107,8 +107,9 @@ def environment() -> dict:
 def run_marked_tests(out: Path) -> dict:
     """``pytest -m "gpu or trt"``; each test's outcome, and the reason for every skip."""
     junit = out / "gpu_check_junit.xml"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu or trt", "-p", "no:cacheprovider", "-q", "-rs",
-                           f"--junitxml={junit}", "tests"], cwd=REPO, capture_output=True, text=True)
+    # "-o addopts=": one process, without pyproject's "-n 2" (pytest-xdist need not be on the GPU machine).
+    done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-m", "gpu or trt", "-p", "no:cacheprovider",
+                           "-q", "-rs", f"--junitxml={junit}", "tests"], cwd=REPO, capture_output=True, text=True)
     cases = []
     for case in ElementTree.parse(junit).getroot().iter("testcase"):
         outcome, detail = "passed", None

@@ -1,8 +1,9 @@
 """The miniature: a shapes grammar, a scorer for it, and ``mini-sd15`` (a small SD1.5-architecture model trained
 here at 128x128 only) with its ResAdapter, so ResAdapter's effect can be seen and measured on a CPU.
 
-Modules: ``shapes`` (the data), ``scorer`` (object count and colour), ``model`` (architecture and shipped
-weights), ``train_base`` (training the base model), ``demo`` (``resadapter-rt demo``).
+Modules: ``shapes`` (the data), ``scorer`` (object count and colour), ``train_base`` (training the base
+model), ``adapter_data`` (the adapter's training folder), ``demo`` (``resadapter-rt demo``); the architecture,
+tokenizer and hand-set VAE are ``models/mini.py``, the trained weights ``weights/``.
 """
 
 DEMO_PROMPT = "a red circle on a white background"

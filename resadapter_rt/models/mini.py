@@ -1,11 +1,12 @@
 """``mini-sd15``: a small SD1.5-architecture model trained here, and its ResAdapter, shipped in the package.
 
 Built in like the tiny models (``models/tiny.py``), but trained: ``resadapter_rt/miniature/`` holds the
-data, the scorer, the training script and the demo. The architecture is SD1.5's (AutoencoderKL with 8x downsampling, a CLIP text encoder and tokenizer,
-a UNet2DConditionModel with four down blocks and three down/upsamplers, the SD noise schedule) at
-widths a 2-core CPU trains in minutes. The tokenizer is CLIP's byte-level BPE with merges learnt on
-the grammar's words, so each word is one token. ``examples/train_miniature.sh`` trains both; the
-weights live in ``resadapter_rt/miniature/weights/``.
+data, the scorer, the training script and the demo. The architecture is SD1.5's (an AutoencoderKL with
+8x downsampling, a CLIP text encoder and tokenizer, a UNet2DConditionModel with four down blocks and three
+down/upsamplers, the SD noise schedule) at widths a 2-core CPU trains in minutes. The tokenizer is CLIP's
+byte-level BPE with merges learnt on the grammar's words, so each word is one token; the VAE is set by hand
+(``colour_codec_vae``). ``examples/train_miniature.sh`` trains the rest; the weights live in
+``resadapter_rt/miniature/weights/``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from ..errors import ResAdapterRTError
 from ..models.mini import MINI_NAME
 from .scorer import Verdict, score
+from .shapes import parse_caption
 
 # (width, height, what it is relative to the 128x128 training size)
 DEMO_SIZES = ((128, 128, "training size"), (64, 64, "1/2x"), (256, 256, "2x"), (384, 384, "3x"),
@@ -74,7 +75,7 @@ def generate_cells(pipes: dict, prompt: str, seed: int, steps: int, guidance: fl
                    sizes=DEMO_SIZES, scheduler: str = "model") -> list[DemoCell]:
     """Every size with every export: the same prompt and seed, scored when the prompt is of the grammar."""
     try:
-        score(Image.new("RGB", (8, 8)), prompt)
+        parse_caption(prompt)
         scorable = True
     except ValueError:
         scorable = False

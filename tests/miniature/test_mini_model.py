@@ -74,6 +74,18 @@ def test_demo_reuses_its_exports(demo_run, capsys):
     assert out.count("using the existing export") == 2
 
 
+def test_exports_carry_the_models_training_size_and_range(demo_run):
+    """mini-sd15 declares 128 px and 64-512 px: alpha auto is relative to 128, sizes past 512 are refused."""
+    from resadapter_rt import ResAdapterRTError
+
+    _, root = demo_run
+    pipe = ResAdapterPipeline.from_artifacts(root / "exports" / "resadapter")
+    assert pipe.manifest["training_size"] == 128 and pipe.manifest["pixel_range"] == [64, 512]
+    assert pipe.resolve_alpha("auto", 256, 256) == 0.4667  # 2x the training size, the official bands
+    with pytest.raises(ResAdapterRTError, match=r"width 520 px is outside what .* covers \(64-512 px per side"):
+        pipe("a red circle on a white background", height=128, width=520, num_inference_steps=1)
+
+
 def test_export_without_adapter_is_the_model_as_it_is(tmp_path):
     """``--resadapter none`` generates what diffusers' pipeline of the unmodified model does."""
     export_pipeline(ExportOptions(model="tiny-sd15", resadapter="none", validation_sizes=((328, 200, 1),)), tmp_path / "e",

@@ -13,9 +13,20 @@ Inference Protocol, Triton model repositories) and ``miniature`` (the shapes gra
 """
 
 from .errors import ResAdapterRTError
-from .models import (SD15, SDXL, LoraLayer, LoraWeights, ModelFamily, PipelineComponents, ResAdapterWeights, apply_lora,
-                     load_adapter, load_components, load_unet, merge_adapter, merge_loras, merge_pipeline, parse_alpha,
-                     read_lora_file)
+
+_FROM_MODELS = ("SD15", "SDXL", "LoraLayer", "LoraWeights", "ModelFamily", "PipelineComponents", "ResAdapterWeights",
+                "apply_lora", "load_adapter", "load_components", "load_unet", "merge_adapter", "merge_loras",
+                "merge_pipeline", "parse_alpha", "read_lora_file")
+
+
+def __getattr__(name: str):
+    """The model API, imported on first use: ``import resadapter_rt`` (and the CLI's ``--help``) loads no torch."""
+    if name in _FROM_MODELS:
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'resadapter_rt' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

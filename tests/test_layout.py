@@ -77,3 +77,15 @@ def test_every_extended_tier_entry_names_an_existing_test():
         function = name.split("[")[0].split("*")[0]
         if function:
             assert f"def {function}" in path.read_text(), pattern
+
+
+def test_cli_parser_and_package_load_without_torch():
+    """``--help`` and usage errors answer fast: building the parser imports neither torch nor diffusers."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; import resadapter_rt; from resadapter_rt.cli import build_parser; build_parser(); "
+             "heavy = sorted({'torch', 'diffusers', 'transformers', 'onnxruntime'} & set(sys.modules)); print(heavy)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -4,6 +4,14 @@ over any backend's runners. It may import every earlier stage (``models``, ``exp
 ``engines``) and ``kernels``; never ``cli``.
 """
 
-from .pipeline import GenerationOutput, ResAdapterPipeline, Timings
+
+def __getattr__(name: str):
+    """The pipeline API, imported on first use, so light modules (scheduler names) load without torch."""
+    if name in __all__:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'resadapter_rt.runtime' has no attribute {name!r}")
+
 
 __all__ = ["GenerationOutput", "ResAdapterPipeline", "Timings"]

@@ -8,6 +8,8 @@ TensorRT-RTX builder workers) every 0.2 s. Records wall time, peak RSS, export a
 times and engine sizes in benchmarks/results/build_full_size.json (one entry per dtype; a run past
 --timeout is stopped and recorded as such). Needs ~16 GB of RAM and ~15 GB of disk.
 python benchmarks/build_full_size.py [--dtype fp16|fp32] [--timeout SECONDS] [--adapter DIR] [--keep DIR]
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from resadapter_rt.bench.memory import TreeMemory
+from resadapter_rt.bench.results import add_output_arguments, output_dir, read_runs, write_json
 from resadapter_rt.models.families import SD15
 from resadapter_rt.models.tiny import write_full_size_pipeline
 
@@ -35,6 +38,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="fp16", help="export dtype (default fp16)")
     parser.add_argument("--timeout", type=float, help="stop the build after this many seconds and record that")
     parser.add_argument("--keep", help="build into this directory and keep it (default: a temporary one, removed)")
+    add_output_arguments(parser)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="build-full-size-"))
     record: dict = {"dtype": args.dtype, "machine": platform.machine(), "python": platform.python_version(),
@@ -82,10 +86,9 @@ def main() -> int:
             record["stderr_tail"] = stderr[-3000:]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    path = REPO / "benchmarks/results/build_full_size.json"
-    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
-    runs = [run for run in runs if run.get("dtype") != args.dtype] + [record]
-    path.write_text(json.dumps({"benchmark": "build_full_size_sd15", "runs": runs}, indent=2))
+    path = output_dir(args, "build_full_size") / "build_full_size.json"
+    runs = [run for run in read_runs(path) if run.get("dtype") != args.dtype] + [record]
+    write_json(path, {"benchmark": "build_full_size_sd15", "runs": runs})
     print(json.dumps({k: v for k, v in record.items() if k not in ("progress", "stderr_tail")}, indent=2))
     print(f"wrote {path}")
     return record["exit_status"]

@@ -4,12 +4,13 @@ python benchmarks/controlnet_overhead.py [--size 512x512 ...] [--batch 2] [--rep
 Tiny SD1.5 (built in) and tiny ControlNets from ``ControlNetModel.from_unet``; a ControlNet is a copy
 of the UNet's down half plus its conditioning embedding, so the ratio is what the architecture costs.
 Writes benchmarks/results/controlnet_overhead_tiny-sd15.json with median/p90 per variant and the ratios.
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -20,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.export.unet import unet_spec
 from resadapter_rt.models import load_components
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--size", action="append", help="WxH pixels (repeatable); default 256x256 512x512 1000x600")
     parser.add_argument("--batch", type=int, default=2, help="UNet batch (2: one image with classifier-free guidance)")
     parser.add_argument("--repeats", type=int, default=15)
+    add_output_arguments(parser)
     args = parser.parse_args()
     sizes = [tuple(map(int, s.split("x"))) for s in (args.size or ["256x256", "512x512", "1000x600"])]
     unet = load_components("tiny-sd15", unet_only=True).unet
@@ -72,8 +75,7 @@ def main() -> None:
     record = {"benchmark": "controlnet_overhead", "model": "tiny-sd15", "controlnets": "tiny (ControlNetModel.from_unet)",
               "backend": "onnxruntime CPUExecutionProvider", "onnxruntime": ort.__version__, "torch": torch.__version__,
               "machine": platform.machine(), "threads": torch.get_num_threads(), "repeats": args.repeats, "results": rows}
-    path = REPO / "benchmarks/results/controlnet_overhead_tiny-sd15.json"
-    path.write_text(json.dumps(record, indent=2))
+    path = write_json(output_dir(args, "controlnet_overhead") / "controlnet_overhead_tiny-sd15.json", record)
     print(f"wrote {path}")
 
 

@@ -1,13 +1,16 @@
 """Quality guard for the openvino backend's bf16: images bf16 vs fp32 at 20 steps, per component.
 
-    python benchmarks/cpu_bf16_quality.py --tiny [--size 512x512] [--seeds 0,1]
-    python benchmarks/cpu_bf16_quality.py --full-size DIR [--size 256x256] [--seeds 0]
+    python benchmarks/cpu_bf16_quality.py --tiny [--size 512x512] [--seeds 0,1] [--out DIR | --update-results]
+    python benchmarks/cpu_bf16_quality.py --full-size DIR [--size 256x256] [--seeds 0] [--out DIR | --update-results]
 
 Runs the same prompt/seed through the openvino backend with every component in fp32 (the reference),
 with all of them in bf16, and with one component at a time in bf16 (the others fp32), and reports
 PSNR and max abs difference of the decoded images on [0, 1] pixels (before 8-bit rounding) and of
 the final latents. --full-size DIR is the export benchmarks/cpu_backends.py makes (DIR/export).
-Writes benchmarks/results/cpu_bf16_quality_<label>.json.
+Writes cpu_bf16_quality_<label>.json into a new directory under benchmarks/results/tmp/ (or --out DIR;
+--update-results replaces the committed one). On a CPU without native bf16 (the check ``generate``
+applies to --cpu-precision bf16) there is nothing to compare: it says so in one line, records
+"not measurable here: <reason>" and exits 0 before exporting anything.
 """
 
 from __future__ import annotations
@@ -18,18 +21,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from resadapter_rt.bench.results import add_output_arguments, not_measurable, output_dir, write_json
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a photo of a red fox in the snow, detailed fur"
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images on [0, 1]."""
+def psnr(a, b) -> float:
+    """PSNR in dB of two images on [0, 1]; identical images mean bf16 never ran, which is refused."""
+    import math
+
     mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+    if mse == 0:
+        raise RuntimeError("the bf16 image equals the fp32 one bit for bit: bf16 was not applied, nothing was measured")
+    return 10 * math.log10(1.0 / mse)
 
 
 def pixels(pipe, latents: torch.Tensor) -> torch.Tensor:
@@ -39,6 +49,7 @@ def pixels(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 
 def compare(reference: tuple, other: tuple) -> dict:
+    """PSNR, max/mean abs difference of the decoded images and of the final latents."""
     (ref_latents, ref_pixels), (latents, image) = reference, other
     return {"psnr_db": round(psnr(image, ref_pixels), 2), "max_abs_pixel": round(float((image - ref_pixels).abs().max()), 4),
             "mean_abs_pixel": round(float((image - ref_pixels).abs().mean()), 5),
@@ -46,12 +57,8 @@ def compare(reference: tuple, other: tuple) -> dict:
             "latents_relative": round(float((latents - ref_latents).abs().max() / ref_latents.abs().max()), 5)}
 
 
-def main() -> None:
-    from resadapter_rt.export.exporter import ExportOptions, export_pipeline, read_manifest
-    from resadapter_rt.runtime.openvino_runners import BF16_COMPONENTS, OpenVINORunner, openvino_cache_dir
-    from resadapter_rt.runtime.pipeline import ResAdapterPipeline
-
-    parser = argparse.ArgumentParser()
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--full-size", metavar="DIR", help="the directory benchmarks/cpu_backends.py keeps the full-size export in")
     source.add_argument("--tiny", action="store_true")
@@ -59,21 +66,37 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--alpha", type=float, default=0.8)
+    add_output_arguments(parser)
     args = parser.parse_args()
+    label = "tiny-sd15" if args.tiny else "sd15-full-size"
+    command = "python benchmarks/cpu_bf16_quality.py " + " ".join(sys.argv[1:])
+    import openvino as ov
+
+    from resadapter_rt.runtime.openvino_runners import BF16_COMPONENTS, OpenVINORunner, bf16_unavailable, openvino_cache_dir
+
+    core = ov.Core()
+    reason = bf16_unavailable(core)
+    if reason is not None:
+        out = output_dir(args, "cpu_bf16_quality") / f"cpu_bf16_quality_{label}.json"
+        write_json(out, {"benchmark": "cpu_bf16_quality", "label": label, "result": not_measurable(reason),
+                         "cpu_capabilities": [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")],
+                         "openvino": ov.__version__, "command": command})
+        print(f"cpu_bf16_quality: {not_measurable(reason)} (recorded in {out})")
+        return 0
+    from resadapter_rt.export.exporter import ExportOptions, export_pipeline, read_manifest
+    from resadapter_rt.runtime.pipeline import ResAdapterPipeline
+
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:
-            export, label = Path(tmp) / "tiny", "tiny-sd15"
+            export = Path(tmp) / "tiny"
             export_pipeline(ExportOptions(model="tiny-sd15", resadapter="tiny-sd15", alpha="dynamic"), export, progress=lambda m: None)
         else:
             sys.path.insert(0, str(Path(__file__).parent))
             from cpu_backends import full_size_export
 
-            export, label = full_size_export(Path(args.full_size)), "sd15-full-size"
+            export = full_size_export(Path(args.full_size))
         width, height = (int(v) for v in (args.size or ("512x512" if args.tiny else "256x256")).split("x"))
         manifest = read_manifest(export)
-        import openvino as ov
-
-        core = ov.Core()
         compiled = {(name, precision): OpenVINORunner(export / spec["path"], precision, openvino_cache_dir(spec["sha256"]), core,
                                                       (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"])))
                     for name, spec in manifest["components"].items() for precision in ("fp32", "bf16")}
@@ -114,11 +137,11 @@ def main() -> None:
     record = {"benchmark": "cpu_bf16_quality", "label": label, "width": width, "height": height, "steps": args.steps,
               "alpha": args.alpha, "prompt": PROMPT, "scheduler": "default (pipeline)", "openvino": ov.__version__,
               "bf16_components_default": sorted(BF16_COMPONENTS), "results": results,
-              "command": "python benchmarks/cpu_bf16_quality.py " + " ".join(sys.argv[1:])}
-    out = REPO / "benchmarks" / "results" / f"cpu_bf16_quality_{label}.json"
-    out.write_text(json.dumps(record, indent=2))
+              "command": command}
+    out = write_json(output_dir(args, "cpu_bf16_quality") / f"cpu_bf16_quality_{label}.json", record)
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

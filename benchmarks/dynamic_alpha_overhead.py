@@ -3,12 +3,13 @@
 python benchmarks/dynamic_alpha_overhead.py [--model tiny-sd15 --resadapter tiny-sd15] [--size 512x512]
     [--batch 2] [--repeats 15]
 Writes benchmarks/results/dynamic_alpha_overhead_<model>.json with median/p90 and the ratio.
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -19,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.models import load_components
 from resadapter_rt.export.unet import unet_spec
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--size", action="append", help="WxH pixels (repeatable); default 256x256 512x512 1000x600")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    add_output_arguments(parser)
     args = parser.parse_args()
     sizes = [tuple(map(int, s.split("x"))) for s in (args.size or ["256x256", "512x512", "1000x600"])]
     unet = load_components(args.model, unet_only=True).unet
@@ -68,8 +71,7 @@ def main() -> None:
     record = {"benchmark": "dynamic_alpha_overhead", "model": args.model, "resadapter": args.resadapter,
               "backend": "onnxruntime CPUExecutionProvider", "onnxruntime": ort.__version__, "torch": torch.__version__,
               "machine": platform.machine(), "threads": torch.get_num_threads(), "repeats": args.repeats, "results": rows}
-    path = REPO / f"benchmarks/results/dynamic_alpha_overhead_{name}.json"
-    path.write_text(json.dumps(record, indent=2))
+    path = write_json(output_dir(args, "dynamic_alpha_overhead") / f"dynamic_alpha_overhead_{name}.json", record)
     print(f"wrote {path}")
 
 

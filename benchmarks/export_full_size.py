@@ -10,6 +10,8 @@ benchmarks/results/export_full_size.json, one entry per (family, parts, dtype, a
 python benchmarks/export_full_size.py --family sd15 --unet-only --dtype fp32 --alpha 1.0
 python benchmarks/export_full_size.py --family sdxl --dtype fp16 --validation-sizes 328x200x2,1000x600
 Needs disk for the model and export (SDXL: ~14 GB + ~7 GB).
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ import time
 from pathlib import Path
 
 from resadapter_rt.bench.memory import run_measured
+from resadapter_rt.bench.results import add_output_arguments, output_dir, read_runs, write_json
 from resadapter_rt.models.families import SD15, SDXL
 from resadapter_rt.models.tiny import full_size_unet_config, write_full_size_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks/results/export_full_size.json"
 PHASE = re.compile(r"^\[export\] (\S+): (computing|tracing|validating)")
 
 
@@ -62,6 +64,7 @@ def main() -> int:
     parser.add_argument("--adapter", help="default: ../shared/resadapter/resadapter_v2_<family>")
     parser.add_argument("--label", default="", help="tag for this run (e.g. 'before' / 'after')")
     parser.add_argument("--timeout", type=float, help="stop the export after this many seconds and record that")
+    add_output_arguments(parser)
     args = parser.parse_args()
     family = SD15 if args.family == "sd15" else SDXL
     adapter = args.adapter or str(REPO.parent / f"shared/resadapter/resadapter_v2_{'sd1.5' if family is SD15 else 'sdxl'}")
@@ -97,12 +100,13 @@ def main() -> int:
             record["stderr_tail"] = result["stderr"][-3000:]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    runs = json.loads(RESULTS.read_text()).get("runs", []) if RESULTS.is_file() else []
+    results = output_dir(args, "export_full_size") / "export_full_size.json"
+    runs = read_runs(results)
     key = ("family", "parts", "dtype", "alpha", "label")
     runs = [r for r in runs if tuple(r.get(k) for k in key) != tuple(record[k] for k in key)] + [record]
-    RESULTS.write_text(json.dumps({"benchmark": "export_full_size", "runs": runs}, indent=2))
+    write_json(results, {"benchmark": "export_full_size", "runs": runs})
     print(json.dumps({k: v for k, v in record.items() if k != "stderr_tail"}, indent=2))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
     return record["exit_status"]
 
 

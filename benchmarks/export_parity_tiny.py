@@ -5,20 +5,24 @@ ONNX Runtime vs PyTorch relative error per component to ``results/export_parity_
 README quotes numbers a manifest can confirm.
 
     python benchmarks/export_parity_tiny.py
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import tempfile
 from pathlib import Path
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
-
-RESULTS = Path(__file__).resolve().parent / "results" / "export_parity_tiny.json"
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_output_arguments(parser)
+    args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for family in ("sd15", "sdxl"):
@@ -36,10 +40,10 @@ def main() -> None:
     for row in rows:
         key = f"{row['component']} ({row['component_dtype']})"
         summary[key] = max(summary.get(key, 0.0), row["worst_relative_error"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "worst_by_component": summary}, indent=2))
+    path = write_json(output_dir(args, "export_parity_tiny") / "export_parity_tiny.json", {"rows": rows, "worst_by_component": summary})
     for key, value in sorted(summary.items()):
         print(f"{key:28s} worst relative error {value:.1e}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -4,24 +4,28 @@ No GPU needed: Triton's bundled ptxas compiles for each target (``resadapter_rt.
 Writes benchmarks/results/group_norm_aot.json (registers, spill stores/loads, stack frame, shared
 memory, PTX/cubin sizes per variant and target) and prints registers per kernel and target.
 python benchmarks/group_norm_aot.py
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import platform
 from pathlib import Path
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.kernels.aot import KERNELS, TARGETS, collect
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_output_arguments(parser)
+    args = parser.parse_args()
     record = {"benchmark": "group_norm_aot", "machine": platform.machine(), **collect()}
-    path = REPO / "benchmarks/results/group_norm_aot.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
+    path = write_json(output_dir(args, "group_norm_aot") / "group_norm_aot.json", record, indent=1)
     results = record["results"]
     print("registers per thread (min-max over dtype x SiLU x layout); spills in bytes")
     print(f"{'kernel':10s}" + "".join(f"{'sm_' + str(cap):>12s}" for cap in TARGETS))

@@ -13,20 +13,20 @@ SM of every launch and the modelled time of
   kernel, an elementwise apply, and SiLU as another elementwise kernel.
 
 Time per launch = bytes / (bandwidth x fill) + LAUNCH_US, fill = resident warps / (16 per SM),
-at most 1 (``launch_plan.estimate_us``). Writes benchmarks/results/group_norm_roofline.{json,md}.
-python benchmarks/group_norm_roofline.py
+at most 1 (``launch_plan.estimate_us``). Writes group_norm_roofline.{json,md} into a new directory under
+benchmarks/results/tmp/ (or --out DIR); --update-results replaces the committed ones in benchmarks/results/.
+python benchmarks/group_norm_roofline.py [--out DIR | --update-results]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-from pathlib import Path
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_text
 from resadapter_rt.kernels import launch_plan as lp
 from resadapter_rt.kernels.sd_shapes import MODELS, NormShape, group_norm_shapes
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks/results"
 DEVICES = {"H100 SXM": (132, 3.35e12), "RTX 4090": (128, 1.01e12)}
 PIXELS = (512, 1024, 1536)
 DTYPES = {"fp16": 2}
@@ -144,6 +144,10 @@ def markdown(rows: list[dict], summary: list[dict]) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_output_arguments(parser)
+    args = parser.parse_args()
+    results = output_dir(args, "group_norm_roofline")
     rows = [model_row(norm, pixels, dtype, channels_last)
             for model in MODELS for pixels in PIXELS for norm in group_norm_shapes(model, pixels)
             for dtype in DTYPES for channels_last in (False, True)]
@@ -152,14 +156,13 @@ def main() -> None:
               {k: {"sms": v[0], "bandwidth_bytes_per_s": v[1]} for k, v in DEVICES.items()},
               "assumptions": ASSUMPTIONS, "tiles": {("channels_last" if k else "nchw"): vars(v) for k, v in lp.TILES.items()},
               "programs_per_sm_target": lp.PROGRAMS_PER_SM, "totals": summary, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "group_norm_roofline.json").write_text(json.dumps(record, separators=(",", ":")) + "\n")
-    (RESULTS / "group_norm_roofline.md").write_text(markdown(rows, summary))
+    write_text(results / "group_norm_roofline.json", json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+    write_text(results / "group_norm_roofline.md", markdown(rows, summary))
     for t in summary:
         if t["dtype"] == "fp16" and t["device"] == "H100 SXM":
             print(f"{t['model']:12s} {t['pixels']:5d} {t['layout']:13s} old {t['old_us']:9.1f} us  new {t['new_us']:8.1f} us  "
                   f"torch {t['torch_us']:8.1f} us  new vs torch {t['new_vs_torch']}x")
-    print(f"wrote {RESULTS / 'group_norm_roofline.json'} and .md")
+    print(f"wrote {results / 'group_norm_roofline.json'} and .md")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 The UNet runner is replaced by a stub that returns a preallocated tensor, so what is timed is
 the scheduler step, CFG split/combine, concatenation, timestep casts and the loop itself.
 python benchmarks/host_overhead.py [--artifacts DIR] -> benchmarks/results/host_overhead.json
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.pipeline import ResAdapterPipeline
 from resadapter_rt.runtime.schedulers import SCHEDULERS
@@ -39,6 +42,7 @@ def main() -> None:
     parser.add_argument("--artifacts")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
+    add_output_arguments(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = Path(args.artifacts or Path(tmp) / "export")
@@ -62,8 +66,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     record = {"benchmark": "host_overhead", "machine": platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "steps": args.steps, "repeats": args.repeats, "results": rows}
-    path = REPO / "benchmarks/results/host_overhead.json"
-    path.write_text(json.dumps(record, indent=2))
+    path = write_json(output_dir(args, "host_overhead") / "host_overhead.json", record)
     print(f"wrote {path}")
 
 

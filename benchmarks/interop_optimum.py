@@ -7,6 +7,8 @@ runtime, generates again inside that environment with ``optimum.onnxruntime.ORTD
 Results go to ``results/interop_optimum.json``.
 
     python benchmarks/interop_optimum.py [--venv DIR]
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.pipeline import ResAdapterPipeline
 from resadapter_rt.runtime.schedulers import SCHEDULERS
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "interop_optimum.json"
 DEFAULT_VENV = HERE / "results" / "tmp" / "optimum-venv"
 PACKAGES = ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "diffusers", "pillow"]
 LIMIT = 0.02
@@ -60,6 +62,7 @@ def ensure_venv(venv: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="where the optimum environment lives")
+    add_output_arguments(parser)
     args = parser.parse_args()
     python = ensure_venv(args.venv)
     rows = []
@@ -82,8 +85,8 @@ def main() -> None:
             rows.append({"family": family, "loaded": True, **json.loads(done.stdout.strip().splitlines()[-1]),
                          "size": f"{width}x{height}", "scheduler": SCHEDULER, "steps": STEPS, "seed": SEED,
                          "max_abs_pixel_difference": max_abs, "limit": LIMIT, "ok": max_abs <= LIMIT})
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"optimum_packages": PACKAGES, "cases": rows}, indent=2))
+    path = write_json(output_dir(args, "interop_optimum") / "interop_optimum.json", {"optimum_packages": PACKAGES, "cases": rows})
+    print(f"wrote {path}")
     for row in rows:
         print(json.dumps(row))
     sys.exit(0 if all(row.get("ok") for row in rows) else 1)

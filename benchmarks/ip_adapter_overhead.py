@@ -6,12 +6,13 @@ Default: the tiny SD1.5 model. ``--full-size``: the real SD1.5 UNet layout with 
 ~3.4 GB, minutes to export) and a random plain IP-Adapter of the real shape (4 tokens into each of its 16
 cross-attentions); the image encoder is the tiny one either way, so its time is not the real ViT-H/14's.
 Writes benchmarks/results/ip_adapter_overhead_<model>.json with median/p90 per variant and the ratios.
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import save_file
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.bench.suite import interleaved, machine_record
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.models.families import SD15
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--size", action="append", help="WxH pixels (repeatable); default 256x256 512x512 (+1000x600 tiny)")
     parser.add_argument("--batch", type=int, default=2, help="UNet batch (2: one image with classifier-free guidance)")
     parser.add_argument("--repeats", type=int, default=11)
+    add_output_arguments(parser)
     args = parser.parse_args()
     label = "full-sd15-unet" if args.full_size else "tiny-sd15"
     sizes = [tuple(map(int, s.split("x"))) for s in (args.size or ["256x256", "512x512"] + ([] if args.full_size else ["1000x600"]))]
@@ -94,8 +97,7 @@ def main() -> None:
     record = {"benchmark": "ip_adapter_overhead", "model": label, "ip_adapter": "random plain (4 tokens), tiny image encoder",
               "backend": "onnxruntime CPUExecutionProvider", "repeats": args.repeats, **machine_record(), "results": rows,
               "image_encoder_per_request": image_encoder}
-    path = REPO / f"benchmarks/results/ip_adapter_overhead_{label}.json"
-    path.write_text(json.dumps(record, indent=2))
+    path = write_json(output_dir(args, "ip_adapter_overhead") / f"ip_adapter_overhead_{label}.json", record)
     print(f"wrote {path}")
 
 

@@ -17,13 +17,14 @@ to benchmarks/results/ instead, replacing the committed ones.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = "64x64,128x128,256x256,384x384,384x128,128x384"
@@ -139,8 +140,7 @@ def main() -> int:
     parser.add_argument("--sizes", default=SIZES)
     parser.add_argument("--batch", type=int, default=32, help="images per pipeline call")
     parser.add_argument("--artifacts", default=str(REPO / "export" / "mini-sd15-demo"), help="the demo's export root")
-    parser.add_argument("--out", help="result directory (default: a new one under benchmarks/results/tmp/)")
-    parser.add_argument("--update-results", action="store_true", help="write to benchmarks/results/ (the committed results)")
+    add_output_arguments(parser)
     args = parser.parse_args()
     sizes = parse_sizes(args.sizes)
 
@@ -150,11 +150,7 @@ def main() -> int:
     from resadapter_rt.runtime.pipeline import ResAdapterPipeline
 
     guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
-    if args.update_results:
-        out = REPO / "benchmarks" / "results"
-    else:
-        out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / "tmp" / f"miniature_effect-{int(time.time())}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args, "miniature_effect")
     exports = ensure_exports(Path(args.artifacts), print, lambda m: None)
     plain, adapted = (ResAdapterPipeline.from_artifacts(exports[name]) for name in ("model", "resadapter"))
     variants = {"without": (plain, "auto"), "with": (adapted, "auto"), "with_alpha_1": (adapted, 1.0)}
@@ -180,7 +176,7 @@ def main() -> int:
     record = {"benchmark": "miniature_effect", "model": "mini-sd15", "backend": "onnxruntime (CPU)",
               "cpu": cpu_name(), "seeds_per_prompt": args.seeds, "prompts": 36, "steps": args.steps, "guidance": guidance,
               "scheduler": "model (Euler)", "variants": VARIANT_LABELS, "seconds": round(time.perf_counter() - began, 1), "rows": rows}
-    (out / "miniature_effect.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_json(out / "miniature_effect.json", record, indent=1)
     plotted = plot(rows, out / "miniature_effect.png")
     grid(examples, out / "miniature_effect_grid.png")
     print(f"wrote {out / 'miniature_effect.json'}{', the plot' if plotted else ''} and the grid")

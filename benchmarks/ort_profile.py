@@ -2,6 +2,8 @@
 
 python benchmarks/ort_profile.py --model <UNet or pipeline dir> --resadapter <adapter> [--size 256x256] [--batch 2]
 Writes benchmarks/results/ort_profile_<model>.json.
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline, read_manifest
 from resadapter_rt.export.unet import unet_spec
 from resadapter_rt.runtime.runners import torch_runners
@@ -27,6 +30,7 @@ def main() -> None:
     parser.add_argument("--resadapter", default="tiny-sd15")
     parser.add_argument("--size", default="256x256")
     parser.add_argument("--batch", type=int, default=2)
+    add_output_arguments(parser)
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,8 +59,7 @@ def main() -> None:
         print(f"{row['op_type']:>24} {row['ms']:9.1f} ms  {100 * row['share']:5.1f}%")
     record = {"benchmark": "ort_profile", "model": args.model, "size": args.size, "batch": args.batch,
               "total_kernel_ms": round(total / 1e3, 1), "by_op_type": shares, "onnxruntime": ort.__version__}
-    path = REPO / f"benchmarks/results/ort_profile_{Path(args.model).name}.json"
-    path.write_text(json.dumps(record, indent=2))
+    path = write_json(output_dir(args, "ort_profile") / f"ort_profile_{Path(args.model).name}.json", record)
     print(f"wrote {path}")
 
 

@@ -5,7 +5,8 @@ Exports the built-in tiny SD1.5 model (dynamic alpha) to a temporary directory, 
 sends 64 infer requests (binary data extension) from 8 client threads, sizes alternating between two,
 each request with its own seed. Off and on alternate --repeats times (the machine's load drifts);
 records per run: successes, p50/p95 latency, throughput, the batch sizes the server formed (its
-/metrics), and on/off ratios of the medians over the repeats, in benchmarks/results/serve_load.json.
+/metrics), and on/off ratios of the medians over the repeats, in serve_load.json: in a new directory under
+benchmarks/results/tmp/ (or --out DIR); --update-results replaces the committed benchmarks/results/serve_load.json.
 python benchmarks/serve_load.py [--requests 64] [--clients 8] [--steps 8] [--sizes 256x256,320x192] [--replicas 1] [--repeats 2]
 """
 
@@ -89,7 +90,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="256x256,320x192")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
+
+    add_output_arguments(parser)
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
 
@@ -118,10 +121,9 @@ def main() -> int:
             for name, key in (("throughput", "throughput_images_per_s"), ("p50_latency", "p50_latency_s"),
                               ("p95_latency", "p95_latency_s"))},
     }
-    out = Path(args.results) / "serve_load.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    out = write_json(output_dir(args, "serve_load") / "serve_load.json", record)
     print(json.dumps(record, indent=2))
+    print(f"wrote {out}")
     return 0 if all(r["succeeded"] == args.requests for rs in runs.values() for r in rs) else 1
 
 

@@ -6,12 +6,13 @@ encode, text encode, UNet forward/backward and the AdamW step; not model loading
 from the median step after one warm-up step. Writes ``results/train_throughput.json``.
 
     python benchmarks/train_throughput.py [--steps 8] [--batch-size 2]
+Results go to a new directory under benchmarks/results/tmp/ (or --out DIR); --update-results replaces the
+committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
 from resadapter_rt.training import TrainOptions, train
 
-RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 SIZES = ((256, 256), (512, 512))
 
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=2)
+    add_output_arguments(parser)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,10 +60,10 @@ def main() -> None:
                          "min_step_s": round(min(seconds), 4), "images_per_s": round(args.batch_size / median, 2),
                          "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2)})
             print(f"{width}x{height} batch {args.batch_size}: median step {median:.3f} s -> {args.batch_size / median:.2f} images/s")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                   "cpu_count": os.cpu_count(), "machine": platform.machine(),
-                                   "note": "CPU machine shared with other jobs; see the load averages"}, indent=2) + "\n")
+    path = write_json(output_dir(args, "train_throughput") / "train_throughput.json",
+                      {"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                       "machine": platform.machine(), "note": "CPU machine shared with other jobs; see the load averages"})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

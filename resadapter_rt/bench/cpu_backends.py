@@ -3,7 +3,8 @@
 UNet step latency and end-to-end generation time, interleaved in one process (ratios are what to
 read), with each backend's achieved FLOP/s as a share of this machine's matmul peak at its compute
 precision (fp32 and bf16 peaks measured the same way: an OpenVINO MatMul of a large square).
-OpenVINO's compile time is measured cold (empty cache) and cached.
+OpenVINO's compile time is measured cold (empty cache) and cached. On a CPU without native bf16
+(``generate``'s own check) openvino-bf16 and the bf16 peaks are recorded as "not measurable here".
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .results import not_measurable
 from .suite import interleaved, machine_record, matmul_peak_gflops, timed, unet_gflop
 
 BACKENDS = ("torch", "onnxruntime", "openvino-fp32", "openvino-bf16")
@@ -177,25 +179,39 @@ def end_to_end_row(pipelines: dict, width: int, height: int, steps: int, repeats
     return row
 
 
+def measurable_backends(backends, bf16_reason: str | None) -> tuple[tuple, dict]:
+    """The backends this CPU can run, and ``{backend: "not measurable here: <reason>"}`` for the others."""
+    skipped = {name: not_measurable(bf16_reason) for name in backends if PEAK_PRECISION.get(name) == "bf16" and bf16_reason}
+    return tuple(name for name in backends if name not in skipped), skipped
+
+
 def run_cpu_backends(export_dir: Path, sizes, batch: int = 2, repeats: int = 2, e2e_steps: int = 4, e2e_repeats: int = 1,
                      backends=BACKENDS, unet_only: bool = False, progress=print) -> dict:
     """The whole comparison (``unet_only``: UNet steps only, no end to end); returns the record (the caller writes it)."""
     import openvino
 
-    peaks = {"fp32": round(openvino_matmul_peak_gflops("fp32"), 1), "bf16": round(openvino_matmul_peak_gflops("bf16"), 1)}
+    from ..runtime.openvino_runners import bf16_unavailable
+
+    bf16_reason = bf16_unavailable()
+    backends, skipped = measurable_backends(backends, bf16_reason)
+    for name, line in skipped.items():
+        progress(f"[cpu-backends] {name}: {line}")
+    peaks = {"fp32": round(openvino_matmul_peak_gflops("fp32"), 1),
+             "bf16": not_measurable(bf16_reason) if bf16_reason else round(openvino_matmul_peak_gflops("bf16"), 1)}
     reference = {"torch_fp32": round(matmul_peak_gflops(dtype=torch.float32), 1),
-                 "torch_bf16": round(matmul_peak_gflops(dtype=torch.bfloat16), 1)}
-    progress(f"[cpu-backends] matmul peak (OpenVINO, 2048²): {peaks} GFLOP/s; torch: {reference}")
+                 "torch_bf16": not_measurable(bf16_reason) if bf16_reason else round(matmul_peak_gflops(dtype=torch.bfloat16), 1)}
+    progress(f"[cpu-backends] matmul peak (OpenVINO, 2048²): fp32 {peaks['fp32']}, bf16 {peaks['bf16']} GFLOP/s; "
+             f"torch fp32 {reference['torch_fp32']}")
     pipelines, compile_record = (load_unets if unet_only else load_pipelines)(export_dir, backends, progress)
     record = {"benchmark": "cpu_backends", "export": str(export_dir), "matmul_peak_gflops": peaks,
               "matmul_peak_reference_gflops": reference, "openvino": openvino.__version__, "compile": compile_record,
-              "unet_step": [], "end_to_end": []}
+              "not_measured": skipped, "unet_step": [], "end_to_end": []}
     for width, height in sizes:
         row = unet_step_row(pipelines, width, height, batch, repeats, peaks)
         record["unet_step"].append(row)
         progress(f"[cpu-backends] UNet {width}x{height} b{batch}: " + ", ".join(
             f"{n} {row[n]['median_ms']:.0f} ms ({row[n].get('speed_vs_onnxruntime', 0):.2f}x ORT, "
-            f"{row[n].get('percent_of_peak', float('nan')):.0f}% peak)" for n in pipelines))
+            f"{row[n]['percent_of_peak']:.0f}% peak)" for n in pipelines))
     for width, height in [] if unet_only else sizes:
         row = end_to_end_row(pipelines, width, height, e2e_steps, e2e_repeats)
         record["end_to_end"].append(row)
@@ -217,10 +233,10 @@ def markdown(record: dict) -> str:
         cells = [f"{r[n]['median_ms']:.0f} ms, {r[n].get('speed_vs_onnxruntime', 0):.2f}x, {r[n].get('percent_of_peak', 0):.0f}%"
                  for n in names]
         lines.append(f"| {r['width']}x{r['height']} b{r['batch']} | {r['gflop']} | " + " | ".join(cells) + " |")
-    if not record["end_to_end"]:
-        return "\n".join(lines)
-    lines += ["", "| end to end | " + " | ".join(names) + " |", "| --- | " + " | ".join("---" for _ in names) + " |"]
+    if record["end_to_end"]:
+        lines += ["", "| end to end | " + " | ".join(names) + " |", "| --- | " + " | ".join("---" for _ in names) + " |"]
     for r in record["end_to_end"]:
         cells = [f"{r[n]['median_ms'] / 1e3:.1f} s, {r[n].get('speed_vs_onnxruntime', 0):.2f}x" for n in names]
         lines.append(f"| {r['width']}x{r['height']}, {r['steps']} steps | " + " | ".join(cells) + " |")
+    lines += [f"\n{name}: {line}" for name, line in record.get("not_measured", {}).items()]
     return "\n".join(lines)

@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .results import not_measurable, write_json, write_text
+
 SIZES = ((256, 256), (512, 512), (768, 768), (1024, 1024), (640, 384), (1000, 600))
 
 
@@ -84,16 +86,19 @@ def machine_record() -> dict:
 
 
 def openvino_unets(export_dir: Path, manifest: dict) -> dict:
-    """The export's UNet compiled by OpenVINO at fp32 and, where the CPU has native bf16, bf16 (none without openvino)."""
-    try:
-        import openvino
-    except ImportError:
+    """The export's UNet compiled by OpenVINO at fp32 and, where ``generate`` would allow bf16, bf16 (none without openvino)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
         return {}
-    from ..runtime.openvino_runners import OpenVINORunner, cpu_capabilities, openvino_cache_dir
+    from ..runtime.openvino_runners import OpenVINORunner, bf16_unavailable, openvino_cache_dir
 
     spec = manifest["components"]["unet"]
     names = (tuple(i["name"] for i in spec["inputs"]), tuple(o["name"] for o in spec["outputs"]))
-    precisions = ("fp32", "bf16") if "BF16" in cpu_capabilities(openvino.Core()) else ("fp32",)
+    reason = bf16_unavailable()
+    if reason:
+        print(f"[bench] openvino_bf16: {not_measurable(reason)}", flush=True)
+    precisions = ("fp32",) if reason else ("fp32", "bf16")
     return {f"openvino_{p}": OpenVINORunner(export_dir / spec["path"], p, openvino_cache_dir(spec["sha256"]), names=names)
             for p in precisions}
 
@@ -231,7 +236,6 @@ def markdown_table(record: dict) -> str:
 
 def run_cpu_suite(results_dir: Path, full_size: bool = True, repeats: int = 3, progress=print) -> dict:
     """The whole CPU benchmark: JSON, PNG plot and a Markdown table under ``results_dir``."""
-    import json
     import tempfile
 
     from ..export.exporter import ExportOptions, export_pipeline
@@ -265,8 +269,13 @@ def run_cpu_suite(results_dir: Path, full_size: bool = True, repeats: int = 3, p
     record["unet_step"] = rows
     record["exponents"] = exponents(rows)
     record |= machine_record()
-    (results_dir / "cpu_bench.json").write_text(json.dumps(record, indent=2))
+    from ..runtime.openvino_runners import bf16_unavailable
+
+    reason = bf16_unavailable()  # also when openvino is not installed (then there are no OpenVINO columns at all)
+    if reason:
+        record["not_measured"] = {"openvino_bf16": not_measurable(reason)}
+    write_json(results_dir / "cpu_bench.json", record)
     plot(rows, results_dir / "cpu_bench.png")
-    (results_dir / "cpu_bench.md").write_text(markdown_table(record) + "\n")
+    write_text(results_dir / "cpu_bench.md", markdown_table(record) + "\n")
     progress(f"[bench] wrote {results_dir / 'cpu_bench.json'}, cpu_bench.png and cpu_bench.md")
     return record

@@ -81,6 +81,15 @@ def resolve_cpu_precision(requested: str, capabilities: list[str]) -> str:
     return requested
 
 
+def bf16_unavailable(core=None) -> str | None:
+    """Why ``--cpu-precision bf16`` is refused on this CPU (the very check ``generate`` applies), or None where it runs."""
+    try:
+        resolve_cpu_precision("bf16", cpu_capabilities(core or import_openvino().Core()))
+    except ResAdapterRTError as error:
+        return str(error)
+    return None
+
+
 def component_precision(component: str, precision: str) -> str:
     """The precision one component is compiled with under the chosen ``precision``."""
     return precision if component in BF16_COMPONENTS else "fp32"

@@ -94,8 +94,8 @@ def check_output_dir(final: Path, force: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on ``lock_path``; a second holder is refused in one line.
+def exclusive_lock(lock_path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path``; a second holder is refused in one line (``wait``: waits its turn).
 
     The lock file is removed on release; a holder that locked a file already unlinked retries.
     """
@@ -107,7 +107,7 @@ def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
         except OSError as exc:
             raise ResAdapterRTError(f"{lock_path.parent}: cannot write here ({exc.strerror}); choose a writable location") from None
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             raise ResAdapterRTError(f"{what}: another resadapter-rt process is writing it (lock {lock_path}); "

@@ -9,12 +9,14 @@ from pathlib import Path
 def add_parser(commands) -> None:
     inspect = commands.add_parser("inspect", help="describe an export or engine directory")
     inspect.add_argument("directory")
-    inspect.add_argument("--size", metavar="WxH", help="say whether this size is covered")
+    inspect.add_argument("--size", metavar="WxH", help="say whether this size is covered (exit 1 when it is not)")
     inspect.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the description; exit 1 when ``--size`` is not covered (0 otherwise)."""
     from ..engines.describe import describe_artifacts
 
-    print(describe_artifacts(Path(args.directory), args.size))
-    return 0
+    text, covered = describe_artifacts(Path(args.directory), args.size)
+    print(text)
+    return 1 if covered is False else 0

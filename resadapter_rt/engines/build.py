@@ -3,7 +3,8 @@
 Each engine is built by polygraphy in a child process (``trt_worker.py``), written to a temporary
 file and renamed into place. A component is rebuilt only when its cache key changed: the sha256 of
 its ONNX graph *and* external data, its profiles and builder options, the runtime family and
-version, and the target compute capabilities. Builds into one directory are serialised by a lock.
+version, and the target compute capabilities. Builds into one directory are serialised by a lock
+(removed when the build ends); the directory carries the ``.resadapter-rt`` marker of everything this tool writes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Callable
 
 from ..errors import ResAdapterRTError
 from ..export.exporter import read_manifest
-from ..files import onnx_artifact_sha256, sha256_file
+from ..files import ARTIFACT_MARKER, exclusive_lock, onnx_artifact_sha256, sha256_file
 from .manifest import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, read_engine_manifest
 from .profiles import ResolutionProfile
 from .runtimes import FAMILIES, RTX_DEFAULT_TARGETS, TENSORRT, TENSORRT_RTX, runtime_version
@@ -189,8 +190,6 @@ def build_engines(directory: Path, options: BuildOptions, force: bool = False,
     Existing engines whose cache key matches (and whose file is intact) are reused unless ``force``;
     the manifest is rewritten atomically at the end.
     """
-    from filelock import FileLock
-
     directory = Path(directory)
     export_manifest = read_manifest(directory / "onnx")
     built_for = target(options)
@@ -198,7 +197,8 @@ def build_engines(directory: Path, options: BuildOptions, force: bool = False,
     engines_dir = directory / "engines"
     engines_dir.mkdir(parents=True, exist_ok=True)
     result = EngineBuild(manifest={})
-    with FileLock(str(directory / ".build.lock")):
+    with exclusive_lock(directory / ".build.lock", str(directory), wait=True):
+        (directory / ARTIFACT_MARKER).write_text('{"created_by": "resadapter-rt"}\n')
         previous = _previous_components(directory)
         components = {}
         for name, spec in export_manifest["components"].items():

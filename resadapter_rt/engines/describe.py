@@ -1,7 +1,9 @@
 """``resadapter-rt inspect``: what an export or engine directory holds and which sizes it serves.
 
 A directory that is not what its manifest says (a malformed manifest, a missing graph, weights or
-engine file) is a one-line error, never a healthy-looking description.
+engine file) is a one-line error, never a healthy-looking description. With a size, the answer is
+also returned as a flag (``inspect`` exits 1 when the size is not covered): by the engine profiles
+where engines were built, else by the export's pixel range (the model's declared one, else its family's).
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def _profiles(manifest: dict, path: Path) -> list[ResolutionProfile]:
         raise ResAdapterRTError(f"{path}: a profile lacks its 'spec'; rebuild the engines") from None
 
 
-def describe_artifacts(directory: Path, size: str | None = None) -> str:
-    """A readable summary; with ``size`` (WxH) also whether it is covered."""
+def describe_artifacts(directory: Path, size: str | None = None) -> tuple[str, bool | None]:
+    """A readable summary, and with ``size`` (WxH) whether ``generate`` serves it there (None without a size)."""
     if not directory.is_dir():
         raise ResAdapterRTError(f"{directory}: no such directory")
     dimensions = parse_size(size, size) if size else None
@@ -75,13 +77,14 @@ def describe_artifacts(directory: Path, size: str | None = None) -> str:
     lines += _export_lines(export)
     if profiles:
         lines.append("profiles: " + "; ".join(p.describe() for p in profiles))
-    if dimensions:
-        width, height = dimensions
-        if profiles is not None:
-            covered = any(p.covers(width, height) for p in profiles)
-            lines.append(f"{width}x{height}: {'covered' if covered else 'NOT covered'} by the engine profiles")
-        low, high = FAMILY_PIXEL_RANGE[export["family"]]
-        covered = width % 8 == 0 and height % 8 == 0 and low <= width <= high and low <= height <= high
-        lines.append(f"{width}x{height}: {'covered' if covered else 'NOT covered'} by the ONNX export "
-                     f"({low}-{high} px per side, multiples of 8)")
-    return "\n".join(lines)
+    if not dimensions:
+        return "\n".join(lines), None
+    width, height = dimensions
+    by_engines = any(p.covers(width, height) for p in profiles) if profiles is not None else None
+    if by_engines is not None:
+        lines.append(f"{width}x{height}: {'covered' if by_engines else 'NOT covered'} by the engine profiles")
+    low, high = export.get("pixel_range") or FAMILY_PIXEL_RANGE[export["family"]]
+    by_export = width % 8 == 0 and height % 8 == 0 and low <= width <= high and low <= height <= high
+    lines.append(f"{width}x{height}: {'covered' if by_export else 'NOT covered'} by the ONNX export "
+                 f"({low}-{high} px per side, multiples of 8)")
+    return "\n".join(lines), by_export if by_engines is None else by_engines

@@ -174,7 +174,8 @@ class ResAdapterPipeline:
         low, high = self.covered_range()
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value % 8:
-                raise ResAdapterRTError(f"{name} {value} is not a multiple of 8 px; use e.g. {max(8, int(value) // 8 * 8)}")
+                hint = min(max(int(value) // 8 * 8, -(-low // 8) * 8), high // 8 * 8)  # a multiple of 8 the model covers
+                raise ResAdapterRTError(f"{name} {value} is not a multiple of 8 px; use e.g. {hint}")
             if self.profiles is None and not low <= value <= high:
                 raise ResAdapterRTError(
                     f"{name} {value} px is outside what {self.directory} covers ({low}-{high} px per side, every multiple of 8); "

@@ -136,7 +136,12 @@ CASES = [
     ("generate-ddim-steps", lambda r, g: copy_export(g, r), [*GEN_NO_STEPS, "--steps", "1001", "--scheduler", "ddim"],
      "1001 steps is more than the ddim scheduler supports here (at most 1000)"),
     ("generate-odd-width", lambda r, g: copy_export(g, r), [*GEN, "--width", "333"],
-     "width 333 is not a multiple of 8 px"),
+     "width 333 is not a multiple of 8 px; use e.g. 328"),
+    # the hint is a size the model accepts (128-1024 px here), not the nearest multiple of 8 below the minimum or above the maximum
+    ("generate-odd-width-below-range", lambda r, g: copy_export(g, r), [*GEN, "--width", "100"],
+     "width 100 is not a multiple of 8 px; use e.g. 128"),
+    ("generate-odd-height-above-range", lambda r, g: copy_export(g, r), [*GEN, "--height", "1030"],
+     "height 1030 is not a multiple of 8 px; use e.g. 1024"),
     ("generate-backend", lambda r, g: copy_export(g, r), [*GEN, "--backend", "cuda"], "unknown backend 'cuda'"),
     # demo
     ("demo-user-dir", lambda r, g: user_dir(r), ["demo", "--artifacts", "mydata", "-q"],

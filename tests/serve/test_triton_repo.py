@@ -140,7 +140,7 @@ def test_bls_pipeline_model_gives_the_image_generate_writes(repository, tiny_exp
     good, refused = model.execute([utils.InferenceRequest("resadapter", ["image"], tensors),
                                    utils.InferenceRequest("resadapter", ["image"], bad)])
     assert np.array_equal(good.output_tensors[0].as_numpy(), cli_image(tiny_export, tmp_path, capsys, **parameters))
-    assert refused.error().message() == "width 100 is not a multiple of 8 px; use e.g. 96"
+    assert refused.error().message() == "width 100 is not a multiple of 8 px; use e.g. 128"
 
 
 def test_tensorrt_engines_become_plan_models_with_their_profiles(tiny_export, tmp_path):

@@ -24,6 +24,7 @@ from ..engines.profiles import FAMILY_PIXEL_RANGE
 from .openvino_runners import check_cpu_precision_for
 from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
 from .prompts import SEQUENCE, chunked_token_ids, chunks_needed, encode_chunks
+from .prompt_weighting import DEFAULT_SYNTAX, check_prompts
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
@@ -76,6 +77,7 @@ class GenerationRequest:
     control: ControlRequest | None = None  # ControlNet images and scales (exports with ControlNets)
     init_image: InitImage | None = None  # image-to-image source (exports with a VAE encoder), with an inpainting mask
     image_prompt: ImagePrompt | None = None  # IP-Adapter embeddings and scale (exports with an IP-Adapter)
+    prompt_weighting: str = DEFAULT_SYNTAX  # a1111 | compel | none (``prompt_weighting.py``)
 
     @property
     def cfg(self) -> bool:
@@ -295,6 +297,7 @@ class ResAdapterPipeline:
         mask_image: Any = None,
         ip_adapter_image: Any = None,
         ip_adapter_scale: float | None = None,
+        prompt_weighting: str = DEFAULT_SYNTAX,
     ) -> GenerationOutput:
         """Generate images; ``output_type="latent"`` skips decoding.
 
@@ -311,7 +314,7 @@ class ResAdapterPipeline:
         """
         started = time.perf_counter()
         request = self.prepare(prompt, height, width, num_inference_steps, guidance_scale, negative_prompt, seed,
-                               generator, num_images_per_prompt, resadapter_alpha, scheduler)
+                               generator, num_images_per_prompt, resadapter_alpha, scheduler, prompt_weighting)
         request.control = control_request(self.manifest, control_image, controlnet_conditioning_scale, control_guidance_start,
                                           control_guidance_end, width, height, len(request.prompts), request.cfg, self.device)
         request.init_image = init_image_request(self.runners, image, strength, width, height, num_inference_steps,
@@ -336,7 +339,7 @@ class ResAdapterPipeline:
                                 parameters=self._parameters(request))
 
     def prepare(self, prompt, height, width, steps, guidance_scale, negative_prompt, seed, generator,
-                images_per_prompt, resadapter_alpha, scheduler) -> GenerationRequest:
+                images_per_prompt, resadapter_alpha, scheduler, prompt_weighting: str = DEFAULT_SYNTAX) -> GenerationRequest:
         """Stage 1: check the request and resolve alpha, the prompt batch and the random generator."""
         self._check_request(prompt, height, width, steps, guidance_scale, images_per_prompt)
         self.check_seed(seed)
@@ -351,13 +354,16 @@ class ResAdapterPipeline:
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         self._check_steps(noise_scheduler, scheduler, steps)
+        check_prompts(prompts + (negatives or []), prompt_weighting)
         return GenerationRequest(prompts=prompts, negatives=negatives, height=height, width=width, steps=steps,
                                  guidance_scale=guidance_scale, alpha=alpha, scheduler=scheduler, seed=seed,
-                                 generator=generator, noise_scheduler=noise_scheduler)
+                                 generator=generator, noise_scheduler=noise_scheduler, prompt_weighting=prompt_weighting)
 
     def encode(self, request: GenerationRequest) -> Conditioning:
         """Stage 2: text embeddings (and SDXL pooled embeddings) in diffusers' CFG order."""
-        embeds, pooled = self._encode(request.prompts, request.negatives, request.cfg)
+        from .compel_encoders import encode_prompts
+
+        embeds, pooled = encode_prompts(self, request.prompts, request.negatives, request.cfg, request.prompt_weighting)
         return Conditioning(embeds=embeds, pooled=pooled)
 
     def unet_static_inputs(self, request: GenerationRequest, conditioning: Conditioning) -> dict[str, torch.Tensor]:
@@ -434,6 +440,7 @@ class ResAdapterPipeline:
                 "scheduler_class": type(request.noise_scheduler).__name__,
                 "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
                 "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family,
+                "prompt_weighting": request.prompt_weighting,
                 **(request.control.parameters() if request.control else {}),
                 **({"strength": request.init_image.strength} if request.init_image else {}),
                 **({"inpainting": True} if request.init_image and request.init_image.mask is not None else {}),

@@ -25,6 +25,7 @@ from ..runtime.pipeline import Conditioning, GenerationRequest, ResAdapterPipeli
 def prepare_request(pipe: ResAdapterPipeline, parameters: dict[str, Any]) -> GenerationRequest:
     """A checked request from protocol inputs, with ``resadapter-rt generate``'s defaults for what was left out
     (width and height default to the model's training size)."""
+    from ..runtime.prompt_weighting import DEFAULT_SYNTAX
     from ..runtime.schedulers import DEFAULT_SCHEDULER
     from .options import GENERATION_DEFAULTS
 
@@ -34,7 +35,7 @@ def prepare_request(pipe: ResAdapterPipeline, parameters: dict[str, Any]) -> Gen
         get("guidance_scale", GENERATION_DEFAULTS["guidance_scale"]), get("negative_prompt"),
         get("seed", GENERATION_DEFAULTS["seed"]), None, 1,
         str(get("resadapter_alpha", "auto")),  # as the CLI's --alpha text, so errors read the same
-        get("scheduler", DEFAULT_SCHEDULER))
+        get("scheduler", DEFAULT_SCHEDULER), get("prompt_weighting", DEFAULT_SYNTAX))
 
 
 class BatchDropped(Exception):

@@ -24,7 +24,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUTS: dict[str, tuple[str, type]] = {
     "prompt": ("BYTES", str), "negative_prompt": ("BYTES", str), "width": ("INT64", int), "height": ("INT64", int),
     "steps": ("INT64", int), "seed": ("INT64", int), "guidance_scale": ("FP32", float), "resadapter_alpha": ("FP32", float),
-    "scheduler": ("BYTES", str),
+    "scheduler": ("BYTES", str), "prompt_weighting": ("BYTES", str),
 }
 OUTPUT = "image"
 

@@ -18,9 +18,6 @@ def add_parser(commands) -> None:
     generate.add_argument("--height", type=int, required=True, help="pixels, a multiple of 8")
     generate.add_argument("-o", "--output", default="out.png", help="PNG path (more images get -1, -2 ... suffixes)")
     add_generation_arguments(generate, {})
-    generate.add_argument("--prompt-weighting", default="a1111", metavar="SYNTAX",
-                          help="a1111 (default: (text:1.3), (text), [text], BREAK) | compel (text++, (text)1.3, .blend(), "
-                               ".and()) | none (the prompt is plain text)")
     generate.add_argument("--control-image", action="append", default=[], metavar="FILE",
                           help="control image per ControlNet of the export, in export order (repeatable)")
     generate.add_argument("--canny", action="store_true", help="turn the control images into canny edges (100/200) first")
@@ -34,6 +31,20 @@ def add_parser(commands) -> None:
     generate.add_argument("--ip-adapter-image", metavar="FILE", help="image prompt (needs an export with --ip-adapter)")
     generate.add_argument("--ip-adapter-scale", type=float, metavar="S", help="image prompt strength in [0, 2] "
                           "(default 1.0, or the export's baked scale)")
+    tiles = generate.add_argument_group("beyond the engine's sizes (MultiDiffusion tiles, tiled VAE, hires fix)")
+    tiles.add_argument("--tile-size", type=int, metavar="PX", help="denoise the canvas in windows of PX x PX (a size the "
+                       "engine covers); dynamic alpha is chosen for the window")
+    tiles.add_argument("--tile-stride", type=int, metavar="PX", help="window step, at most --tile-size (default: --tile-size)")
+    tiles.add_argument("--circular", action="store_true", help="wrap the width (360-degree panoramas)")
+    tiles.add_argument("--tile-batch", type=int, metavar="N", help="windows per UNet call (default: the engine profile's "
+                       "batch range, else 8)")
+    tiles.add_argument("--vae-tiling", action="store_true", help="decode/encode in tiles even where the VAE "
+                       "covers the size (default: only beyond it)")
+    tiles.add_argument("--hires-scale", type=float, metavar="S", help="hires fix: generate at --width x --height, upscale "
+                       "S x, then image-to-image at that size (needs an export with --vae-encoder)")
+    tiles.add_argument("--hires-strength", type=float, metavar="T", help="hires fix: how much the second pass re-generates, "
+                       "(0, 1] (default 0.5)")
+    tiles.add_argument("--hires-steps", type=int, metavar="N", help="hires fix: second-pass steps (default: --steps)")
     generate.set_defaults(handler=run)
 
 
@@ -41,10 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.canny import read_image
     from ..runtime.controlnet import command_line_control
     from ..runtime.pipeline import ResAdapterPipeline
-    from ..runtime.prompt_weighting import check_prompts
 
     check_generation_args(args)
-    check_prompts([args.prompt] + ([args.negative_prompt] if args.negative_prompt is not None else []), args.prompt_weighting)
     check_output_file(Path(args.output))
     pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend, cpu_precision=args.cpu_precision)
     control = command_line_control(pipe.manifest, args.control_image, args.controlnet_scale, args.control_guidance_start,
@@ -60,6 +69,16 @@ def run(args: argparse.Namespace) -> int:
         image = read_image(Path(args.ip_adapter_image), "IP-Adapter image") if args.ip_adapter_image is not None else None
         control = ({**control[0], "ip_adapter_image": image, "ip_adapter_scale": args.ip_adapter_scale},
                    {**control[1], **({"ip_adapter_image": args.ip_adapter_image} if image is not None else {})})
+    tiling = {"tile_size": args.tile_size, "tile_stride": args.tile_stride, "circular": args.circular,
+              "tile_batch": args.tile_batch, **({"vae_tiling": True} if args.vae_tiling else {})}
+    control = ({**control[0], **tiling}, control[1])
+    if args.hires_scale is not None:
+        from ..runtime.hires import DEFAULT_STRENGTH, HiresFix
+
+        strength = DEFAULT_STRENGTH if args.hires_strength is None else args.hires_strength
+        pipe = HiresFix(pipe, args.hires_scale, strength, args.hires_steps)
+    elif args.hires_strength is not None or args.hires_steps is not None:
+        raise ResAdapterRTError("--hires-strength and --hires-steps need --hires-scale (e.g. --hires-scale 2)")
     generate_images(pipe, args, args.width, args.height, Path(args.output), args.quiet, control)
     return 0
 
@@ -79,8 +98,7 @@ def generate_images(pipe, args: argparse.Namespace, width: int, height: int, out
 
     result = pipe(args.prompt, height=height, width=width, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   negative_prompt=args.negative_prompt, seed=args.seed, num_images_per_prompt=args.num_images,
-                  resadapter_alpha=args.alpha, scheduler=args.scheduler, callback=None if quiet else progress,
-                  prompt_weighting=args.prompt_weighting, **extra[0])
+                  resadapter_alpha=args.alpha, scheduler=args.scheduler, callback=None if quiet else progress, **extra[0])
     for bar in bars:
         bar.close()
     paths = [output if i == 0 else output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(result.images))]

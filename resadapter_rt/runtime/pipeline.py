@@ -24,8 +24,9 @@ from ..engines.profiles import FAMILY_PIXEL_RANGE
 from .openvino_runners import check_cpu_precision_for
 from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
 from .prompts import SEQUENCE, chunked_token_ids, chunks_needed, encode_chunks
-from .prompt_weighting import DEFAULT_SYNTAX, check_prompts
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
+from .tiling import TiledUNet, TilePlan, tile_hint, tile_plan
+from .vae_tiling import decode as vae_decode, vae_runner
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
@@ -77,7 +78,8 @@ class GenerationRequest:
     control: ControlRequest | None = None  # ControlNet images and scales (exports with ControlNets)
     init_image: InitImage | None = None  # image-to-image source (exports with a VAE encoder), with an inpainting mask
     image_prompt: ImagePrompt | None = None  # IP-Adapter embeddings and scale (exports with an IP-Adapter)
-    prompt_weighting: str = DEFAULT_SYNTAX  # a1111 | compel | none (``prompt_weighting.py``)
+    tiling: TilePlan | None = None  # MultiDiffusion windows beyond the engines' sizes (``tiling.py``)
+    vae_tiling: bool | None = None  # None: tiled VAE only beyond what the VAE covers (``vae_tiling.py``)
 
     @property
     def cfg(self) -> bool:
@@ -172,24 +174,27 @@ class ResAdapterPipeline:
         family's model-card range."""
         return tuple(self.manifest.get("pixel_range") or FAMILY_PIXEL_RANGE[self.family])
 
-    def _check_request(self, prompt, height, width, steps, guidance, images_per_prompt) -> None:
+    def _check_request(self, prompt, height, width, steps, guidance, images_per_prompt, tiled: bool = False) -> None:
+        """``tiled``: the UNet sees tiles, checked by ``tiling.tile_plan``, so any canvas size is allowed."""
         low, high = self.covered_range()
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value % 8:
                 hint = min(max(int(value) // 8 * 8, -(-low // 8) * 8), high // 8 * 8)  # a multiple of 8 the model covers
                 raise ResAdapterRTError(f"{name} {value} is not a multiple of 8 px; use e.g. {hint}")
-            if self.profiles is None and not low <= value <= high:
+            if self.profiles is None and not tiled and not low <= value <= high:
                 raise ResAdapterRTError(
                     f"{name} {value} px is outside what {self.directory} covers ({low}-{high} px per side, every multiple of 8); "
                     f"choose a size in that range, or export a model whose adapter covers it"
+                    + (f", or generate it in tiles: {tile_hint(self)}" if value > high else "")
                 )
         batch = (1 if isinstance(prompt, str) else len(prompt or [])) * images_per_prompt
-        if self.profiles is not None and not any(p.covers(width, height, batch) for p in self.profiles):
+        if self.profiles is not None and not tiled and not any(p.covers(width, height, batch) for p in self.profiles):
             listed = "; ".join(p.describe() for p in self.profiles)
             raise ResAdapterRTError(
                 f"{width}x{height} (batch {batch}) is not covered by the engine profiles ({listed}); build one that covers it, "
                 f"e.g. `resadapter-rt build ... --profile {min(width, height)}-{max(width, height)},opt={width}x{height} "
-                f"--profile <existing specs>`")
+                f"--profile <existing specs>`" + (f", or generate it in tiles: {tile_hint(self)}"
+                                                  if max(width, height) > max(p.max_px for p in self.profiles) else ""))
         if not isinstance(steps, int) or steps <= 0:
             raise ResAdapterRTError(f"steps must be a positive integer, got {steps!r}")
         if not np.isfinite(guidance) or guidance < 0:
@@ -297,7 +302,11 @@ class ResAdapterPipeline:
         mask_image: Any = None,
         ip_adapter_image: Any = None,
         ip_adapter_scale: float | None = None,
-        prompt_weighting: str = DEFAULT_SYNTAX,
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
+        circular: bool = False,
+        tile_batch: int | None = None,
+        vae_tiling: bool | None = None,
     ) -> GenerationOutput:
         """Generate images; ``output_type="latent"`` skips decoding.
 
@@ -309,12 +318,18 @@ class ResAdapterPipeline:
         with a 4-channel UNet. Exports with an IP-Adapter take ``ip_adapter_image`` (a PIL image) and
         ``ip_adapter_scale`` (default 1.0, or the baked one); without an image the scale is 0.
 
+        ``tile_size``/``tile_stride`` (pixels; ``circular`` wraps the width, ``tile_batch`` windows per UNet
+        call) denoise a canvas beyond the engines' sizes in MultiDiffusion windows (``tiling.py``);
+        ``vae_tiling`` (None: only where needed) decodes and encodes in tiles (``vae_tiling.py``).
+
         Runs four stages, each a method a feature can extend: ``prepare`` (check and resolve the
         request), ``encode`` (text conditioning), ``denoise`` (the scheduler loop), ``decode``.
         """
         started = time.perf_counter()
         request = self.prepare(prompt, height, width, num_inference_steps, guidance_scale, negative_prompt, seed,
-                               generator, num_images_per_prompt, resadapter_alpha, scheduler, prompt_weighting)
+                               generator, num_images_per_prompt, resadapter_alpha, scheduler,
+                               tiling=dict(tile_size=tile_size, tile_stride=tile_stride, circular=circular, tile_batch=tile_batch))
+        request.vae_tiling = vae_tiling
         request.control = control_request(self.manifest, control_image, controlnet_conditioning_scale, control_guidance_start,
                                           control_guidance_end, width, height, len(request.prompts), request.cfg, self.device)
         request.init_image = init_image_request(self.runners, image, strength, width, height, num_inference_steps,
@@ -332,21 +347,25 @@ class ResAdapterPipeline:
         images: list[Image.Image] = []
         if output_type == "pil":
             tick = time.perf_counter()
-            images = self.decode(latents)
+            images = self.decode(latents, vae_tiling, bool(request.tiling and request.tiling.circular))
             timings.decode = time.perf_counter() - tick
         timings.total = time.perf_counter() - started
         return GenerationOutput(images=images, latents=latents.cpu(), alpha=request.alpha, timings=timings,
                                 parameters=self._parameters(request))
 
     def prepare(self, prompt, height, width, steps, guidance_scale, negative_prompt, seed, generator,
-                images_per_prompt, resadapter_alpha, scheduler, prompt_weighting: str = DEFAULT_SYNTAX) -> GenerationRequest:
-        """Stage 1: check the request and resolve alpha, the prompt batch and the random generator."""
-        self._check_request(prompt, height, width, steps, guidance_scale, images_per_prompt)
+                images_per_prompt, resadapter_alpha, scheduler, tiling: dict | None = None) -> GenerationRequest:
+        """Stage 1: check the request and resolve alpha, the prompt batch and the random generator.
+
+        ``tiling``: ``tiling.tile_plan``'s options; dynamic alpha is then chosen for the tile, the size the UNet sees."""
+        tiling = tiling or {}
+        self._check_request(prompt, height, width, steps, guidance_scale, images_per_prompt, tiled=tiling.get("tile_size") is not None)
         self.check_seed(seed)
         noise_scheduler = make_scheduler(scheduler, self.scheduler_config)
-        alpha = self.resolve_alpha(resadapter_alpha, width, height)
         prompts = ([prompt] if isinstance(prompt, str) else list(prompt))
         prompts = [p for p in prompts for _ in range(images_per_prompt)]
+        plan = tile_plan(self, width, height, len(prompts), **tiling)
+        alpha = self.resolve_alpha(resadapter_alpha, *(plan.window_size if plan else (width, height)))
         negatives = None
         if negative_prompt is not None:
             negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else \
@@ -354,16 +373,13 @@ class ResAdapterPipeline:
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         self._check_steps(noise_scheduler, scheduler, steps)
-        check_prompts(prompts + (negatives or []), prompt_weighting)
         return GenerationRequest(prompts=prompts, negatives=negatives, height=height, width=width, steps=steps,
                                  guidance_scale=guidance_scale, alpha=alpha, scheduler=scheduler, seed=seed,
-                                 generator=generator, noise_scheduler=noise_scheduler, prompt_weighting=prompt_weighting)
+                                 generator=generator, noise_scheduler=noise_scheduler, tiling=plan)
 
     def encode(self, request: GenerationRequest) -> Conditioning:
         """Stage 2: text embeddings (and SDXL pooled embeddings) in diffusers' CFG order."""
-        from .compel_encoders import encode_prompts
-
-        embeds, pooled = encode_prompts(self, request.prompts, request.negatives, request.cfg, request.prompt_weighting)
+        embeds, pooled = self._encode(request.prompts, request.negatives, request.cfg)
         return Conditioning(embeds=embeds, pooled=pooled)
 
     def unet_static_inputs(self, request: GenerationRequest, conditioning: Conditioning) -> dict[str, torch.Tensor]:
@@ -396,7 +412,8 @@ class ResAdapterPipeline:
             timesteps = sched.timesteps
         else:  # image-to-image and inpainting: fewer steps, from the noised source image
             inpaint = request.init_image.mask is not None
-            start = image_to_image_start(request.init_image, sched, request.steps, self.runners[VAE_ENCODER],
+            encoder = vae_runner(self, VAE_ENCODER, request.width, request.height, 1, request.vae_tiling)
+            start = image_to_image_start(request.init_image, sched, request.steps, encoder,
                                          self.manifest["vae_scaling_factor"], len(request.prompts), request.generator,
                                          inpainting=inpaint)
             timesteps, latents = start.timesteps, start.latents.to(self.device)
@@ -406,6 +423,7 @@ class ResAdapterPipeline:
         static = self.unet_static_inputs(request, conditioning)
         step_kwargs = {"generator": request.generator} if "generator" in _step_parameters(sched) else {}
         cfg, guidance = request.cfg, request.guidance_scale
+        unet = TiledUNet(self.runners["unet"], request.tiling, self.sdxl) if request.tiling else self.runners["unet"]
 
         loop_start = time.perf_counter()
         for index, t in enumerate(timesteps):
@@ -414,7 +432,7 @@ class ResAdapterPipeline:
             timestep = t.to(self.device, torch.float32).expand(model_input.shape[0]).contiguous()
             tick = time.perf_counter()
             control = control_step_inputs(request.control, index, len(timesteps), self.device)
-            noise = self.runners["unet"](sample=model_input, timestep=timestep, **static, **control)["out_sample"]
+            noise = unet(sample=model_input, timestep=timestep, **static, **control)["out_sample"]
             timings.unet_steps.append(time.perf_counter() - tick)
             if cfg:
                 uncond, text = noise.chunk(2)
@@ -427,9 +445,10 @@ class ResAdapterPipeline:
         timings.host_overhead = time.perf_counter() - loop_start - sum(timings.unet_steps)
         return latents
 
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """Stage 4: latents -> 8-bit RGB images through the VAE decoder."""
-        decoded = self.runners["vae_decoder"](latent_sample=latents / self.manifest["vae_scaling_factor"])["sample"]
+    def decode(self, latents: torch.Tensor, vae_tiling: bool | None = None, circular: bool = False) -> list[Image.Image]:
+        """Stage 4: latents -> 8-bit RGB images through the VAE decoder (in tiles beyond what it covers, or with
+        ``vae_tiling``; a circular canvas with wrapped padding)."""
+        decoded = vae_decode(self, latents / self.manifest["vae_scaling_factor"], vae_tiling, circular)
         pixels = ((decoded.float().cpu() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         return [Image.fromarray(p) for p in pixels]
 
@@ -440,8 +459,8 @@ class ResAdapterPipeline:
                 "scheduler_class": type(request.noise_scheduler).__name__,
                 "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
                 "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family,
-                "prompt_weighting": request.prompt_weighting,
                 **(request.control.parameters() if request.control else {}),
+                **(request.tiling.parameters() if request.tiling else {}),
                 **({"strength": request.init_image.strength} if request.init_image else {}),
                 **({"inpainting": True} if request.init_image and request.init_image.mask is not None else {}),
                 **(request.image_prompt.parameters() if request.image_prompt else {}),

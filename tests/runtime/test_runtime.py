@@ -136,7 +136,8 @@ def test_generate_cli_writes_png_with_parameters(artifacts, tmp_path, capsys):
 @pytest.mark.parametrize("extra,message", [
     (["--width", "1001"], "error: width 1001 is not a multiple of 8 px; use e.g. 1000"),
     (["--width", "2048"], "error: width 2048 px is outside what {dir} covers (128-1024 px per side, every multiple of 8); "
-                          "choose a size in that range, or export a model whose adapter covers it"),
+                          "choose a size in that range, or export a model whose adapter covers it, "
+                          "or generate it in tiles: --tile-size 1024 --tile-stride 768"),
     (["--steps", "0"], "error: steps must be a positive integer, got 0"),
     (["--scheduler", "plms"], "error: unknown scheduler 'plms'; choose one of model, dpm++2m-karras, dpm++2m, euler, euler-a, ddim, lcm"),
     (["--backend", "tflite"], "error: unknown backend 'tflite'; choose one of onnxruntime, torch, tensorrt, onnxruntime-tensorrt, "

@@ -18,6 +18,9 @@ def add_parser(commands) -> None:
     generate.add_argument("--height", type=int, required=True, help="pixels, a multiple of 8")
     generate.add_argument("-o", "--output", default="out.png", help="PNG path (more images get -1, -2 ... suffixes)")
     add_generation_arguments(generate, {})
+    generate.add_argument("--prompt-weighting", default="a1111", metavar="SYNTAX",
+                          help="a1111 (default: (text:1.3), (text), [text], BREAK) | compel (text++, (text)1.3, .blend(), "
+                               ".and()) | none (the prompt is plain text)")
     generate.add_argument("--control-image", action="append", default=[], metavar="FILE",
                           help="control image per ControlNet of the export, in export order (repeatable)")
     generate.add_argument("--canny", action="store_true", help="turn the control images into canny edges (100/200) first")
@@ -52,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.canny import read_image
     from ..runtime.controlnet import command_line_control
     from ..runtime.pipeline import ResAdapterPipeline
+    from ..runtime.prompt_weighting import check_prompts
 
     check_generation_args(args)
+    check_prompts([args.prompt] + ([args.negative_prompt] if args.negative_prompt is not None else []), args.prompt_weighting)
     check_output_file(Path(args.output))
     pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend, cpu_precision=args.cpu_precision)
     control = command_line_control(pipe.manifest, args.control_image, args.controlnet_scale, args.control_guidance_start,
@@ -98,7 +103,8 @@ def generate_images(pipe, args: argparse.Namespace, width: int, height: int, out
 
     result = pipe(args.prompt, height=height, width=width, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   negative_prompt=args.negative_prompt, seed=args.seed, num_images_per_prompt=args.num_images,
-                  resadapter_alpha=args.alpha, scheduler=args.scheduler, callback=None if quiet else progress, **extra[0])
+                  resadapter_alpha=args.alpha, scheduler=args.scheduler, callback=None if quiet else progress,
+                  prompt_weighting=args.prompt_weighting, **extra[0])
     for bar in bars:
         bar.close()
     paths = [output if i == 0 else output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(result.images))]

@@ -24,6 +24,7 @@ from ..engines.profiles import FAMILY_PIXEL_RANGE
 from .openvino_runners import check_cpu_precision_for
 from .runners import Runner, check_backend, onnxruntime_runners, torch_runners
 from .prompts import SEQUENCE, chunked_token_ids, chunks_needed, encode_chunks
+from .prompt_weighting import DEFAULT_SYNTAX, check_prompts
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
 from .tiling import TiledUNet, TilePlan, tile_hint, tile_plan
 from .vae_tiling import decode as vae_decode, vae_runner
@@ -78,6 +79,7 @@ class GenerationRequest:
     control: ControlRequest | None = None  # ControlNet images and scales (exports with ControlNets)
     init_image: InitImage | None = None  # image-to-image source (exports with a VAE encoder), with an inpainting mask
     image_prompt: ImagePrompt | None = None  # IP-Adapter embeddings and scale (exports with an IP-Adapter)
+    prompt_weighting: str = DEFAULT_SYNTAX  # a1111 | compel | none (``prompt_weighting.py``)
     tiling: TilePlan | None = None  # MultiDiffusion windows beyond the engines' sizes (``tiling.py``)
     vae_tiling: bool | None = None  # None: tiled VAE only beyond what the VAE covers (``vae_tiling.py``)
 
@@ -302,6 +304,7 @@ class ResAdapterPipeline:
         mask_image: Any = None,
         ip_adapter_image: Any = None,
         ip_adapter_scale: float | None = None,
+        prompt_weighting: str = DEFAULT_SYNTAX,
         tile_size: int | None = None,
         tile_stride: int | None = None,
         circular: bool = False,
@@ -327,7 +330,7 @@ class ResAdapterPipeline:
         """
         started = time.perf_counter()
         request = self.prepare(prompt, height, width, num_inference_steps, guidance_scale, negative_prompt, seed,
-                               generator, num_images_per_prompt, resadapter_alpha, scheduler,
+                               generator, num_images_per_prompt, resadapter_alpha, scheduler, prompt_weighting,
                                tiling=dict(tile_size=tile_size, tile_stride=tile_stride, circular=circular, tile_batch=tile_batch))
         request.vae_tiling = vae_tiling
         request.control = control_request(self.manifest, control_image, controlnet_conditioning_scale, control_guidance_start,
@@ -354,7 +357,8 @@ class ResAdapterPipeline:
                                 parameters=self._parameters(request))
 
     def prepare(self, prompt, height, width, steps, guidance_scale, negative_prompt, seed, generator,
-                images_per_prompt, resadapter_alpha, scheduler, tiling: dict | None = None) -> GenerationRequest:
+                images_per_prompt, resadapter_alpha, scheduler, prompt_weighting: str = DEFAULT_SYNTAX,
+                tiling: dict | None = None) -> GenerationRequest:
         """Stage 1: check the request and resolve alpha, the prompt batch and the random generator.
 
         ``tiling``: ``tiling.tile_plan``'s options; dynamic alpha is then chosen for the tile, the size the UNet sees."""
@@ -373,13 +377,17 @@ class ResAdapterPipeline:
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         self._check_steps(noise_scheduler, scheduler, steps)
+        check_prompts(prompts + (negatives or []), prompt_weighting)
         return GenerationRequest(prompts=prompts, negatives=negatives, height=height, width=width, steps=steps,
                                  guidance_scale=guidance_scale, alpha=alpha, scheduler=scheduler, seed=seed,
-                                 generator=generator, noise_scheduler=noise_scheduler, tiling=plan)
+                                 generator=generator, noise_scheduler=noise_scheduler, prompt_weighting=prompt_weighting,
+                                 tiling=plan)
 
     def encode(self, request: GenerationRequest) -> Conditioning:
         """Stage 2: text embeddings (and SDXL pooled embeddings) in diffusers' CFG order."""
-        embeds, pooled = self._encode(request.prompts, request.negatives, request.cfg)
+        from .compel_encoders import encode_prompts
+
+        embeds, pooled = encode_prompts(self, request.prompts, request.negatives, request.cfg, request.prompt_weighting)
         return Conditioning(embeds=embeds, pooled=pooled)
 
     def unet_static_inputs(self, request: GenerationRequest, conditioning: Conditioning) -> dict[str, torch.Tensor]:
@@ -459,6 +467,7 @@ class ResAdapterPipeline:
                 "scheduler_class": type(request.noise_scheduler).__name__,
                 "guidance_scale": request.guidance_scale, "seed": request.seed, "resadapter_alpha": request.alpha,
                 "alpha_mode": self.manifest["alpha_mode"], "backend": self.backend, "family": self.family,
+                "prompt_weighting": request.prompt_weighting,
                 **(request.control.parameters() if request.control else {}),
                 **(request.tiling.parameters() if request.tiling else {}),
                 **({"strength": request.init_image.strength} if request.init_image else {}),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+RANK0_GRACE_S = 2.0
 
 
 def add_parser(commands) -> None:
@@ -31,28 +34,61 @@ def add_parser(commands) -> None:
     train.add_argument("--validation-steps", type=int, default=20, help="inference steps per validation image (default 20)")
     train.add_argument("--format", default="official", help="official (kohya keys + alpha, release layout; default) | peft "
                        "(the training script's PEFT keys + groupnorm_state_dict.pt)")
+    scale = train.add_argument_group("scale (data parallel under `torchrun`/`accelerate launch`: --batch-size is the global "
+                                     "batch, split over the processes)")
+    scale.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto: CUDA when present (cuda:LOCAL_RANK under a launcher), else the CPU (default auto)")
+    scale.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"),
+                       help="frozen networks in fp16/bf16, trainable LoRA and norms in fp32; fp16 adds a gradient scaler "
+                       "(default no)")
+    scale.add_argument("--gradient-accumulation-steps", type=int,
+                       help="batches per optimisation step (effective batch K x --batch-size; default 1)")
+    scale.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations in the backward: "
+                       "less memory, more time")
+    scale.add_argument("--allow-tf32", action="store_true", help="TF32 matmuls and convolutions on Ampere+ GPUs")
+    scale.add_argument("--cache-latents", action="store_true", help="VAE latents (per image, size and flip) and text "
+                       "embeddings (per caption) computed once and reused across epochs, in host memory")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import ResAdapterRTError
     from ..training import TrainOptions, parse_sizes, train
+    from ..training.accelerator import launch_rank
+    from ..training.trainer import random_weights_note
 
-    options = TrainOptions(
-        model=args.model, data=Path(args.data), out=Path(args.out), rank=args.rank, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, resolution_multiple=args.resolution_multiple, min_side=args.min_side,
-        max_side=args.max_side, seed=args.seed, steps=args.steps, epochs=args.epochs,
-        checkpointing_steps=args.checkpointing_steps, resume=Path(args.resume) if args.resume else None,
-        validation_prompt=args.validation_prompt, validation_steps=args.validation_steps, format=args.format,
-        validation_sizes=parse_sizes(args.validation_sizes or "512x512") if args.validation_prompt or args.validation_sizes else [],
-        config=args.config)
+    main = launch_rank() == 0  # under torchrun / accelerate launch only rank 0 prints
     try:
-        result = train(options, progress=not args.quiet, notify=lambda line: print(line, file=sys.stderr))
+        options = TrainOptions(
+            model=args.model, data=Path(args.data), out=Path(args.out), rank=args.rank, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, resolution_multiple=args.resolution_multiple, min_side=args.min_side,
+            max_side=args.max_side, seed=args.seed, steps=args.steps, epochs=args.epochs,
+            checkpointing_steps=args.checkpointing_steps, resume=Path(args.resume) if args.resume else None,
+            validation_prompt=args.validation_prompt, validation_steps=args.validation_steps, format=args.format,
+            validation_sizes=parse_sizes(args.validation_sizes or "512x512") if args.validation_prompt or args.validation_sizes else [],
+            config=args.config, device=args.device, mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, gradient_checkpointing=args.gradient_checkpointing,
+            allow_tf32=args.allow_tf32, cache_latents=args.cache_latents)
+        result = train(options, progress=not args.quiet and main, notify=lambda line: print(line, file=sys.stderr))
+    except ResAdapterRTError:
+        if main:
+            raise
+        # Rank 0 says what was wrong; give it time to print before the launcher stops the group on our exit.
+        time.sleep(RANK0_GRACE_S)
+        return 2
     except KeyboardInterrupt:
-        print(f"error: interrupted; finished checkpoints are kept in {Path(args.out) / 'checkpoints'} "
-              "(continue with --resume CHECKPOINT --out NEW_DIR)", file=sys.stderr)
+        if main:
+            print(f"error: interrupted; finished checkpoints are kept in {Path(args.out) / 'checkpoints'} "
+                  "(continue with --resume CHECKPOINT --out NEW_DIR)", file=sys.stderr)
         return 130
-    losses = [r["loss"] for r in result.history if r.get("event") == "step"]
-    print(f"trained {result.steps} steps in {result.seconds:.1f} s (loss {losses[0]:.4f} -> {losses[-1]:.4f}); "
-          f"ResAdapter ({args.format} format) written to {result.out}")
+    if not main:
+        return 0
+    losses = [r["loss"] for r in result.history if r.get("event") == "step" and r["step"] > result.first_step]
+    what = f"trained {result.new_steps} steps"
+    if result.first_step:
+        what += f" (steps {result.first_step + 1}-{result.steps}, resumed from step {result.first_step})"
+    note = random_weights_note(args.model)
+    print(f"{what} in {result.seconds:.1f} s (loss {losses[0]:.4f} -> {losses[-1]:.4f}); "
+          f"ResAdapter ({args.format} format) written to {result.out}" + (f"; note: {note}" if note else ""))
     return 0

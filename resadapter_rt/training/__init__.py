@@ -9,7 +9,8 @@ top-level shared modules only.
 
 from .data import SizeRules, parse_sizes, scan_dataset
 from .trainable import FORMATS, add_trainable_adapter
-from .trainer import TrainOptions, TrainResult, train
+from .options import TrainOptions, TrainResult
+from .trainer import train
 
 __all__ = ["FORMATS", "SizeRules", "TrainOptions", "TrainResult", "add_trainable_adapter", "parse_sizes", "scan_dataset",
            "train"]

@@ -1,9 +1,10 @@
 """Resumable checkpoints: ``OUT/checkpoints/checkpoint-NNNNNN/``, each written whole or not at all.
 
 A checkpoint holds the adapter in the run's output format (so it loads with ``load_adapter`` like a
-release) and ``training_state.pt``: the fp32 trainable tensors, the AdamW state, the training RNG
-state, the position in the data order, the options that shape the trajectory, fingerprints of the
-data and model, and the log so far. It is read back with ``torch.load(weights_only=True)``.
+release) and ``training_state.pt``: the fp32 trainable tensors, the AdamW (and fp16 gradient scaler) state, the
+position in the data order, the options that shape the trajectory, fingerprints of the data and
+model, and the log so far. It holds nothing per rank, so any number of processes can resume it. It
+is read back with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..errors import ResAdapterRTError
 from ..files import atomic_directory
 
 STATE_FILE = "training_state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: per-sample randomness (no generator state), gradient accumulation, scaler
 CHECKPOINTS = "checkpoints"
 
 
@@ -45,5 +46,6 @@ def read_checkpoint(directory: Path) -> dict[str, Any]:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ResAdapterRTError(f"{path}: not a readable training state ({reason}); is the checkpoint truncated?") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise ResAdapterRTError(f"{path}: not a training state of this resadapter-rt version (expected version {STATE_VERSION})")
+        raise ResAdapterRTError(f"{path}: not a training state of this resadapter-rt version (expected version {STATE_VERSION}); "
+                                "continue it with the version that wrote it, or start a new run")
     return state

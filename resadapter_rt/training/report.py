@@ -54,7 +54,12 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def save_image(image: Any, path: Path) -> None:
-    """A PIL image as PNG, written atomically."""
+def save_image(image: Any, path: Path, text: dict[str, str] | None = None) -> None:
+    """A PIL image as PNG (with ``text`` as tEXt chunks), written atomically."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_into(path, lambda tmp: image.save(tmp, format="PNG"))
+    _replace_into(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))

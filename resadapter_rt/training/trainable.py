@@ -37,8 +37,8 @@ def adapter_tensors(unet: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
     """(PEFT LoRA state ``<module>.lora_A/B.weight``, ResNet norm state), detached fp32 copies."""
     from peft.utils import get_peft_model_state_dict
 
-    lora = {k: v.detach().float().clone().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-    norms = {k: v.detach().float().clone().contiguous() for k, v in unet.named_parameters() if RESNET_NORM.match(k)}
+    lora = {k: v.detach().float().cpu().clone().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    norms = {k: v.detach().float().cpu().clone().contiguous() for k, v in unet.named_parameters() if RESNET_NORM.match(k)}
     return lora, norms
 
 

@@ -3,6 +3,8 @@ load with this project and with diffusers (same UNet outputs), and only the ResA
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -58,8 +60,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                      "--checkpointing-steps", str(CHECKPOINT)]) == 130
     # The resume repeats no trajectory option: they come from the checkpoint.
     checkpoint = dirs["interrupted"] / "checkpoints" / f"checkpoint-{CHECKPOINT:06d}"
-    assert main(["train", *COMMON, "--data", str(data), "--out", str(dirs["resumed"]), "--resume", str(checkpoint),
-                 "--checkpointing-steps", str(CHECKPOINT), "--format", "peft"]) == 0
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        assert main(["train", *COMMON, "--data", str(data), "--out", str(dirs["resumed"]), "--resume", str(checkpoint),
+                     "--checkpointing-steps", str(CHECKPOINT), "--format", "peft"]) == 0
+    dirs["resumed_summary"] = summary.getvalue()
     return dirs
 
 
@@ -78,7 +83,7 @@ def test_resume_continues_bit_identically(runs):
     for index, moments in straight["optimizer"]["state"].items():
         for key, value in moments.items():
             assert torch.equal(value, resumed["optimizer"]["state"][index][key]), (index, key)
-    assert torch.equal(straight["generator"], resumed["generator"])
+    assert straight["scaler"] == resumed["scaler"] == {}  # fp32: no gradient scaler
     assert [r["loss"] for r in _steps(runs["straight"])] == [r["loss"] for r in _steps(runs["resumed"])]
     assert not torch.equal(straight["trainable"]["down_blocks.0.resnets.0.norm1.weight"],
                            _state(runs["straight"], CHECKPOINT)["trainable"]["down_blocks.0.resnets.0.norm1.weight"])
@@ -90,6 +95,14 @@ def test_resume_continues_bit_identically(runs):
     kohya = load_file(str(runs["straight"] / "pytorch_lora_weights.safetensors"))
     name = "down_blocks.1.downsamplers.0.conv"
     assert torch.equal(peft[f"unet.{name}.lora_B.weight"].half(), kohya[f"lora_unet_{name.replace('.', '_')}.lora_up.weight"])
+
+
+def test_resume_summary_counts_the_new_steps(runs):
+    """A resume from step 10 to step 20 trained 10 steps, not 20, and says which; the losses quoted are the new ones."""
+    losses = [r["loss"] for r in _steps(runs["resumed"])]
+    assert runs["resumed_summary"].startswith(f"trained 10 steps (steps 11-20, resumed from step {CHECKPOINT}) in ")
+    assert f"(loss {losses[CHECKPOINT]:.4f} -> {losses[-1]:.4f})" in runs["resumed_summary"]
+    assert runs["resumed_summary"].rstrip().endswith("note: " + trainer.RANDOM_WEIGHTS_NOTE.format(model="tiny-sd15"))
 
 
 def test_interrupted_run_keeps_whole_checkpoints_only(runs):
@@ -119,6 +132,12 @@ def test_validation_images_and_log(runs):
     assert images == [f"epoch-{e:03d}-{s}.png" for e in range(4) for s in ("128x64", "64x64")]
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records].count("validation") == 4
+    from PIL import Image
+
+    with Image.open(run / "validation" / "epoch-003-64x64.png") as image:  # tiny-sd15: the PNG says its weights are random
+        assert image.text["note"] == trainer.RANDOM_WEIGHTS_NOTE.format(model="tiny-sd15")
+        assert image.text["resadapter-rt"] == ("validation of tiny-sd15 + the ResAdapter being trained, epoch 3, step 20, "
+                                               "prompt 'a red circle'")
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # the run says so in a note instead

@@ -17,6 +17,8 @@ EXTENDED: dict[str, str] = {
     "tests/models/test_merge.py::test_every_variant_merges_into_its_family*":
         "builds full-size UNets (27 s); every official adapter is still read and checked by default in test_adapter",
     "tests/models/test_merge.py::test_other_family_is_refused_with_hint": "uses the full-size UNets above",
+    "tests/models/test_tiny_builtins.py::test_builtin_controlnet_and_ip_adapter_run_offline_from_the_cli":
+        "an export with a ControlNet and an IP-Adapter (79 s on the shared 2 cores); both built-ins are loaded and checked by default",
     # export
     "tests/export/test_export.py::test_baked_unet_matches_merged_pytorch_off_trace[1000-600-1-*":
         "a third size; 328x200x3 and 512x384x2 stay",
@@ -74,9 +76,6 @@ EXTENDED: dict[str, str] = {
     "tests/runtime/test_tiling.py::test_tiled_vae_decode_at_2048_equals_diffusers":
         "36 diffusers VAE tiles at 512 px; tiled decode/encode parity at 64 px tiles stays",
     "tests/runtime/test_tiling.py::test_hires_fix_is_base_upscale_then_tiled_image_to_image": "three generations up to 1280x640",
-    "tests/runtime/test_tiling.py::test_sdxl_with_a_controlnet_in_windows":
-        "an SDXL ControlNet export; the per-window time_ids and control crops stay by default (recorded UNet inputs)",
-    "tests/engines/test_tiled_inspect.py::*": "a real TensorRT-RTX build (512-1024 px profile)",
     "tests/runtime/test_controlnet.py::test_sdxl_controlnet_with_dynamic_alpha_matches_diffusers*":
         "an SDXL ControlNet export of its own; SD1.5 ControlNet parity stays on both backends",
     "tests/runtime/test_controlnet.py::test_final_latents_match_diffusers_controlnet_pipeline[*-one-264-392-euler]":

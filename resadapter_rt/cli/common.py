@@ -27,7 +27,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_ip_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     """--ip-adapter, --image-encoder and --ip-adapter-scale (export, build)."""
     parser.add_argument("--ip-adapter", metavar="FILE", help="IP-Adapter folded into the UNet graph: h94-format .safetensors "
-                        "or .bin (plain, plus, full-face; SD1.5 or SDXL)")
+                        "or .bin (plain, plus, full-face; SD1.5 or SDXL) | tiny-sd15, tiny-sdxl (built-in, random weights)")
     parser.add_argument("--image-encoder", metavar="DIR", help="its CLIPVisionModelWithProjection directory (default: "
                         "image_encoder/ beside the IP-Adapter file, as in h94/IP-Adapter)")
     parser.add_argument("--ip-adapter-scale", default="dynamic", help="dynamic (default: a UNet input, chosen per "

@@ -15,7 +15,8 @@ def add_parser(commands) -> None:
     export.add_argument("--dtype", default="fp32", help="fp32 (default) | fp16 (GroupNorm statistics and IO stay fp32; SDXL VAE stays fp32)")
     export.add_argument("--target", default="cpu", help="cpu | tensorrt | cuda: picks the GroupNorm form (default cpu)")
     export.add_argument("--controlnet", action="append", default=[], metavar="C", help="ControlNet folded into the UNet "
-                        "graph (repeatable): diffusers dir | .safetensors with config.json beside it | hub id")
+                        "graph (repeatable): diffusers dir | .safetensors with config.json beside it | hub id | tiny-sd15, "
+                        "tiny-sdxl (built-in, random weights)")
     export.add_argument("--vae-encoder", action="store_true", help="also export the VAE encoder (image-to-image: generate --image)")
     add_ip_adapter_arguments(export)
     export.add_argument("--out", help="output directory (default: export/<model>--<adapter>--<alpha>--<target>)")

@@ -107,9 +107,14 @@ def generate_images(pipe, args: argparse.Namespace, width: int, height: int, out
                   prompt_weighting=args.prompt_weighting, **extra[0])
     for bar in bars:
         bar.close()
+    from ..models.tiny import random_weight_parts
+
+    random_parts = random_weight_parts(pipe.manifest)  # built-in tiny models: say so in the PNG and the summary
+    note = {"random_weights": random_parts} if random_parts else {}
     paths = [output if i == 0 else output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(result.images))]
     for index, (image, path) in enumerate(zip(result.images, paths)):
-        save_png(image, path, {**result.parameters, **extra[1], "image_index": index})
+        save_png(image, path, {**result.parameters, **extra[1], **note, "image_index": index})
     precision = f" ({pipe.cpu_precision}: {', '.join(f'{k} {v}' for k, v in pipe.precisions.items())})" if pipe.precisions else ""
+    warning = f" | random weights ({', '.join(random_parts)}): a test image, not a trained model's output" if random_parts else ""
     print(f"{', '.join(map(str, paths))}: {width}x{height}, alpha {result.alpha:g} ({result.parameters['alpha_mode']}), "
-          f"{pipe.backend}{precision} | {result.timings.summary()}")
+          f"{pipe.backend}{precision} | {result.timings.summary()}{warning}")

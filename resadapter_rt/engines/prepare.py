@@ -127,11 +127,11 @@ def stale_reason(manifest: dict, options: ExportOptions, export_dir: Path) -> st
 
 def _ip_adapter_stale_reason(entry: dict | None, options: ExportOptions, export_dir: Path) -> str | None:
     """Why the export's IP-Adapter (file, encoder, scale, their hashes) does not stand for ``options``, or None."""
-    from ..models.ip_adapter import IMAGE_ENCODER_FOLDER, recorded_ip_adapter
+    from ..models.ip_adapter import default_image_encoder, recorded_ip_adapter
 
     if entry is None or options.ip_adapter is None:
         return None if entry is None and options.ip_adapter is None else "the IP-Adapter differs from the existing export"
-    encoder = options.image_encoder or str(Path(options.ip_adapter).parent / IMAGE_ENCODER_FOLDER)
+    encoder = options.image_encoder or default_image_encoder(options.ip_adapter)
     scale = "dynamic" if entry["scale_mode"] == "dynamic" else entry["scale"]
     if (entry["source"], entry["image_encoder"]["source"], scale) != (options.ip_adapter, encoder, options.ip_adapter_scale):
         return "the IP-Adapter, its image encoder or its scale differ from the existing export"

@@ -1,4 +1,5 @@
-"""Loading ControlNets (diffusers directory, single ``.safetensors`` file + config, hub id) and recording them.
+"""Loading ControlNets (diffusers directory, single ``.safetensors`` file + config, hub id, or the built-in tiny
+``tiny-sd15`` / ``tiny-sdxl`` with seeded random weights) and recording them.
 
 A ControlNet is never merged with the ResAdapter (the official code applies the adapter to the UNet
 only); it only has to match the UNet's layout so its residuals can be added to the UNet's skips.
@@ -86,8 +87,16 @@ def _from_single_file(path: Path) -> tuple[Any, dict[str, str]]:
 
 
 def load_controlnet(reference: str | Path) -> LoadedControlNet:
-    """A ControlNet from a diffusers directory, a ``.safetensors`` file (config.json beside it) or a hub id."""
-    path = resolve_reference(reference, "ControlNet", patterns=_HUB_PATTERNS)
+    """A ControlNet from a diffusers directory, a ``.safetensors`` file (config.json beside it), a hub id or a tiny built-in."""
+    from .components import TINY_MODELS
+
+    if str(reference) in TINY_MODELS:
+        from .families import FAMILIES
+        from .tiny import tiny_controlnet_dir
+
+        path = tiny_controlnet_dir(FAMILIES[str(reference).removeprefix("tiny-")])
+    else:
+        path = resolve_reference(reference, "ControlNet", patterns=_HUB_PATTERNS)
     if path.is_file():
         model, files = _from_single_file(path)
     else:

@@ -126,8 +126,32 @@ def adapter_kind(state: dict[str, dict[str, torch.Tensor]], path: Path) -> str:
                             "is not supported; use ip-adapter_sd15, ip-adapter-plus_sd15, ip-adapter-full-face_sd15 or ip-adapter_sdxl")
 
 
+def default_image_encoder(reference: str | Path) -> str:
+    """Where an IP-Adapter's image encoder is looked for: ``image_encoder/`` beside the file (as diffusers looks), or
+    the built-in tiny adapter's own (its name)."""
+    from .components import TINY_MODELS
+
+    return str(reference) if str(reference) in TINY_MODELS else str(Path(reference).parent / IMAGE_ENCODER_FOLDER)
+
+
+def _builtin(reference: str | Path) -> Path | None:
+    """The built-in tiny IP-Adapter file for ``tiny-sd15`` / ``tiny-sdxl`` (seeded random weights), else None."""
+    from .components import TINY_MODELS
+
+    if str(reference) not in TINY_MODELS:
+        return None
+    from .families import FAMILIES
+    from .tiny import tiny_ip_adapter_file
+
+    return tiny_ip_adapter_file(FAMILIES[str(reference).removeprefix("tiny-")])
+
+
 def _resolve_adapter_file(reference: str | Path) -> Path:
-    """A local file, or ``owner/repo/folder/file.safetensors`` on the hub (fetched with the folder's image_encoder/)."""
+    """A local file, ``owner/repo/folder/file.safetensors`` on the hub (fetched with the folder's image_encoder/),
+    or a tiny built-in."""
+    builtin = _builtin(reference)
+    if builtin is not None:
+        return builtin
     path = Path(reference).expanduser()
     if path.exists():
         return path
@@ -142,7 +166,9 @@ def _resolve_adapter_file(reference: str | Path) -> Path:
 def _load_encoder(reference: str | Path) -> tuple[Path, Any]:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    path = resolve_reference(reference, "CLIP image encoder", patterns=["config.json", "model.safetensors"])
+    builtin = _builtin(reference)
+    path = builtin.parent / IMAGE_ENCODER_FOLDER if builtin is not None else \
+        resolve_reference(reference, "CLIP image encoder", patterns=["config.json", "model.safetensors"])
     config = path / "config.json"
     if not path.is_dir() or not config.is_file():
         raise ResAdapterRTError(f"{path}: not an image encoder directory (a CLIPVisionModelWithProjection's config.json and "
@@ -180,6 +206,8 @@ def load_ip_adapter(reference: str | Path, image_encoder: str | Path | None = No
     path = _resolve_adapter_file(reference)
     state = read_ip_adapter_file(path)
     kind = adapter_kind(state, path)
+    if image_encoder is None and _builtin(reference) is not None:
+        image_encoder = default_image_encoder(reference)
     if image_encoder is None:
         beside = path.parent / IMAGE_ENCODER_FOLDER
         if not beside.is_dir():

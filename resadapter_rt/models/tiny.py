@@ -168,6 +168,31 @@ def tiny_adapter_dir(family: ModelFamily) -> Path:
     return cached_directory(f"tiny-v{TINY_VERSION}/{family.name}-resadapter", lambda out: _build_adapter(family, out))
 
 
+def tiny_controlnet_dir(family: ModelFamily) -> Path:
+    """The built-in tiny ControlNet for ``family`` (``--controlnet tiny-sd15``), a diffusers directory (cached)."""
+    return cached_directory(f"tiny-v{TINY_VERSION}/{family.name}-controlnet",
+                            lambda out: tiny_controlnet(family, SEED + 5).save_pretrained(out))
+
+
+def tiny_ip_adapter_file(family: ModelFamily) -> Path:
+    """The built-in tiny (plain) IP-Adapter for ``family`` (``--ip-adapter tiny-sd15``), its image encoder beside it."""
+    root = cached_directory(f"tiny-v{TINY_VERSION}/{family.name}-ip-adapter", lambda out: write_tiny_ip_adapters(family, out))
+    return root / "models" / f"ip-adapter_{family.name}.safetensors"
+
+
+def random_weight_parts(manifest: dict) -> list[str]:
+    """The parts of an export (or engine) manifest made from the built-in tiny models, whose weights are seeded random
+    numbers (model, ResAdapter, ControlNet, IP-Adapter), e.g. ``["model tiny-sd15", "ControlNet tiny-sd15"]``."""
+    from .components import TINY_MODELS
+
+    sources = manifest.get("sources") or {}
+    adapter = sources.get("resadapter")
+    named = [("model", sources.get("model")), ("ResAdapter", adapter.get("source") if isinstance(adapter, dict) else adapter),
+             *[("ControlNet", c.get("source")) for c in manifest.get("controlnets") or []],
+             ("IP-Adapter", (manifest.get("ip_adapter") or {}).get("source"))]
+    return [f"{what} {source}" for what, source in named if source in TINY_MODELS]
+
+
 def full_size_unet_config(family: ModelFamily, transformer_depth: int | None = None) -> dict:
     """The real SD1.5 / SDXL UNet layout (for random-weight tests and benchmarks).
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from cli_harness import assert_bad_input_touches_nothing, assert_one_line_error, run_cli, tree_snapshot
+from cli_harness import assert_bad_input_touches_nothing, assert_one_line_error, run_cli, run_main, tree_snapshot
 from conftest import quiet
 from resadapter_rt.export.exporter import ExportOptions, export_pipeline
 from resadapter_rt.models.families import SD15
@@ -168,6 +168,18 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     result = run_cli(["export", *TINY, "--out", "o", "-q"], cwd=root, max_file_bytes=64 * 1024)
     assert_one_line_error(result, "File too large (free disk space or write elsewhere); nothing was written")
     assert tree_snapshot(root) == before
+
+
+def test_generate_from_tiny_weights_says_so_in_the_png_and_the_summary(good_export, tmp_path, capsys):
+    """Not bad input, but this module's export is the tiny one: its images are noise-like, and generate says why."""
+    from PIL import Image
+
+    result = run_main(["generate", "--artifacts", str(good_export), "--prompt", "a cat", "--width", "128", "--height", "128",
+                       "--steps", "2", "-q", "-o", str(tmp_path / "a.png")], capsys)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(" | random weights (model tiny-sd15, ResAdapter tiny-sd15): a test image, "
+                                          "not a trained model's output")
+    assert json.loads(Image.open(tmp_path / "a.png").text["parameters"])["random_weights"] == ["model tiny-sd15", "ResAdapter tiny-sd15"]
 
 
 def test_subprocess_usage_error_is_one_line(tmp_path):

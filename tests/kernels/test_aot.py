@@ -57,4 +57,4 @@ def test_committed_register_table_is_current(compiled):
     fields = ("registers", "spill_stores", "spill_loads", "stack_bytes")
     now = {key(r): [r[f] for f in fields] for r in compiled["results"]}
     then = {key(r): [r[f] for f in fields] for r in committed["results"]}
-    assert now == then, "kernels changed: run python benchmarks/group_norm_aot.py and commit the result"
+    assert now == then, "kernels changed: run python benchmarks/group_norm_aot.py --update-results and commit the result"

@@ -56,8 +56,12 @@ def _profiles(manifest: dict, path: Path) -> list[ResolutionProfile]:
         raise ResAdapterRTError(f"{path}: a profile lacks its 'spec'; rebuild the engines") from None
 
 
-def describe_artifacts(directory: Path, size: str | None = None) -> tuple[str, bool | None]:
-    """A readable summary, and with ``size`` (WxH) whether ``generate`` serves it there (None without a size)."""
+def describe_artifacts(directory: Path, size: str | None = None, tile: int | None = None,
+                       stride: int | None = None) -> tuple[str, bool | None]:
+    """A readable summary, and with ``size`` (WxH) whether ``generate`` serves it there (None without a size);
+    with ``tile`` (and ``stride``) whether it serves it in MultiDiffusion tiles (``runtime/tiling.py``)."""
+    if tile is not None and not size:
+        raise ResAdapterRTError("--tile-size needs --size WxH (the canvas to tile)")
     if not directory.is_dir():
         raise ResAdapterRTError(f"{directory}: no such directory")
     dimensions = parse_size(size, size) if size else None
@@ -87,4 +91,13 @@ def describe_artifacts(directory: Path, size: str | None = None) -> tuple[str, b
     by_export = width % 8 == 0 and height % 8 == 0 and low <= width <= high and low <= height <= high
     lines.append(f"{width}x{height}: {'covered' if by_export else 'NOT covered'} by the ONNX export "
                  f"({low}-{high} px per side, multiples of 8)")
+    if tile is not None:
+        from ..runtime.tiling import tiled_coverage
+
+        def covers(w: int, h: int) -> bool:
+            return any(p.covers(w, h) for p in profiles) if profiles is not None else low <= min(w, h) and max(w, h) <= high
+
+        line, tiled = tiled_coverage(width, height, tile, stride, covers)
+        lines.append(line + (" by the engine profiles" if profiles is not None else " by the ONNX export"))
+        return "\n".join(lines), tiled
     return "\n".join(lines), by_export if by_engines is None else by_engines

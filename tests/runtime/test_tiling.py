@@ -282,3 +282,66 @@ def test_hires_fix_is_base_upscale_then_tiled_image_to_image(export):
     assert all(128 <= side <= 1024 for name, shape in calls for side in pixel_sides(name, shape))
     with pytest.raises(ResAdapterRTError, match=r"^the hires fix makes one image per call"):
         HiresFix(pipe, 2.0)("a castle", width=256, height=256, num_images_per_prompt=2)
+
+
+# -- what each window's UNet call gets (SDXL micro-conditioning, ControlNet crops, per-sample inputs) -----------------
+class EchoUNet:
+    """Returns 2 x its sample and records every call's inputs."""
+
+    input_names = ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids", "controlnet_cond",
+                   "controlnet_scale", "resadapter_alpha")
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, **inputs):
+        self.calls.append(inputs)
+        return {"out_sample": 2 * inputs["sample"]}
+
+
+def test_each_window_gets_its_crop_time_ids_and_control_image():
+    from resadapter_rt.runtime.tiling import TiledUNet, TilePlan
+
+    windows = plan_windows(10, 21, 8, 6, circular=True)  # 2 rows x 4 columns, the last column wrapping
+    plan = TilePlan(tile=64, stride=48, circular=True, per_call=3, canvas=(10, 21), windows=tuple(windows))
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 10, 21, generator=g)  # one image with its CFG pair
+    control = torch.rand(1, 2, 3, 80, 168, generator=g)
+    inputs = {"timestep": torch.full((2,), 500.0), "encoder_hidden_states": torch.randn(2, 7, 32, generator=g),
+              "text_embeds": torch.randn(2, 16, generator=g), "time_ids": torch.tensor([[80.0, 168, 0, 0, 80, 168]] * 2),
+              "controlnet_cond": control, "controlnet_scale": torch.tensor([0.5]), "resadapter_alpha": torch.tensor(0.7)}
+    unet = EchoUNet()
+    out = TiledUNet(unet, plan, sdxl=True)(sample=sample, **inputs)["out_sample"]
+    assert torch.allclose(out, 2 * sample, atol=1e-6)  # every pixel covered, overlaps averaged
+    assert [c["sample"].shape[0] for c in unet.calls] == [6, 6, 4]  # 3 windows per call, 2 in the last
+    index = 0
+    for call in unet.calls:
+        for i in range(call["sample"].shape[0] // 2):
+            w = windows[index]
+            rows = slice(2 * i, 2 * i + 2)
+            assert call["time_ids"][rows].tolist() == [[80.0, 168.0, 8.0 * w.top, 8.0 * w.left, 64.0, 64.0]] * 2
+            expected = torch.roll(control, -8 * w.left, dims=4)[..., 8 * w.top:8 * w.top + 64, :64]
+            assert torch.equal(call["controlnet_cond"][:, rows], expected)
+            assert torch.equal(call["encoder_hidden_states"][rows], inputs["encoder_hidden_states"])
+            assert torch.equal(call["text_embeds"][rows], inputs["text_embeds"])
+            index += 1
+        assert call["resadapter_alpha"] is inputs["resadapter_alpha"] and call["controlnet_scale"] is inputs["controlnet_scale"]
+    assert index == len(windows) == 8
+
+
+def test_sdxl_with_a_controlnet_in_windows():
+    """One window is plain generation (same crop time_ids, whole control image); 2048x512 in 512 px windows keeps every
+    call inside SDXL's 256-1536 px."""
+    from controlnet_fixtures import noise_image, shared_sdxl_controlnet_export
+
+    export, _ = shared_sdxl_controlnet_export()
+    pipe = ResAdapterPipeline.from_artifacts(export)
+    kwargs = dict(num_inference_steps=2, seed=1, guidance_scale=5.0, scheduler="euler")
+    plain = pipe("a street", width=392, height=264, control_image=[noise_image(300, 200, 3)], **kwargs)
+    single = pipe("a street", width=392, height=264, control_image=[noise_image(300, 200, 3)], tile_size=392, **kwargs)
+    assert single.parameters["tiles"] == 1 and torch.equal(single.latents, plain.latents)
+    calls = recording(pipe, ("unet", "vae_decoder"))
+    wide = pipe("a street", width=2048, height=512, control_image=[noise_image(900, 200, 4)], tile_size=512, tile_stride=384,
+                **kwargs)
+    assert wide.images[0].size == (2048, 512) and wide.parameters["tiles"] == 5 and wide.alpha == auto_alpha(512, 512, 1024)
+    assert all(256 <= side <= 1536 for name, shape in calls for side in pixel_sides(name, shape))

@@ -31,6 +31,8 @@ EXTENDED: dict[str, str] = {
         "the streaming writer is covered by the two unit tests beside it",
     "tests/export/test_interop.py::test_consumers_config_loaders_read_the_export[sdxl]": "sd15 stays",
     # engines
+    "tests/engines/test_gpu_check.py::test_documented_prepare_carry_holds_only_cp312_wheels_within_the_limit":
+        "downloads the GPU carry from PyPI (network; skips without it); the wheel-tag logic stays by default, offline",
     "tests/engines/test_rtx_builds.py::test_sdxl_fp32_dynamic_build_via_cli_then_cache_hit*":
         "a second real build (SDXL); the SD1.5 one stays",
     "tests/engines/test_rtx_builds.py::test_user_file_in_kept_export_survives_a_rebuild_request":
@@ -60,6 +62,16 @@ EXTENDED: dict[str, str] = {
     "tests/runtime/test_trust.py::test_edited_model_file_is_refused_by_name": "as above",
     "tests/runtime/test_ip_adapter.py::test_one_export_serves_every_scale_as_exports_baked_at_each":
         "exports at three baked scales (34 s); runtime-scale parity with diffusers stays",
+    "tests/runtime/test_prompt_weighting.py::test_compel_syntax_image_matches_diffusers_given_compel_of_the_prompt":
+        "a second image parity; compel's syntax stays by default in the parser, bit-identity and SDXL runner tests",
+    "tests/runtime/test_prompt_weighting.py::test_generate_cli_records_the_weighting":
+        "a whole CLI generation; the option's checks stay by default (before any export is opened)",
+    "tests/runtime/test_prompt_weighting.py::test_long_weighted_prompt_matches_diffusers":
+        "two-chunk image parity; two-chunk weighted embeddings stay by default (runner and tail tests)",
+    "tests/runtime/test_prompt_weighting.py::test_sdxl_weighted_images_match_diffusers_with_compel_embeddings":
+        "an SDXL export of its own; SDXL's encoders under compel stay by default (runner test)",
+    "tests/runtime/test_prompt_weighting.py::test_other_backends_weighted_parity_and_unweighted_bit_identity*":
+        "torch and openvino pipelines; onnxruntime stays by default, all three share compel_encoders.py",
     "tests/runtime/test_ip_adapter.py::test_dynamic_alpha_with_a_controlnet_matches_diffusers":
         "an SDXL ControlNet + IP-Adapter export of its own",
     "tests/runtime/test_ip_adapter.py::test_final_latents_match_diffusers[torch-sd15-full-face*":
@@ -97,4 +109,14 @@ EXTENDED: dict[str, str] = {
         "kills every replica and waits for recovery (20 s); the one-replica restart stays",
     "tests/serve/test_serve.py::test_full_queue_gives_503_at_once": "holds the replicas busy (9 s); the 400s and 504 stay",
     "tests/serve/test_serve.py::test_image_equals_cli_generate[json]": "the binary tensor coding stays",
+    "tests/serve/test_serve_cli.py::test_sigterm_drains_the_request_in_flight_then_exits_0*":
+        "starts the serve command in a subprocess twice (about a minute each); the default tier has no drain test",
+    "tests/serve/test_multinode.py::test_worker_node_removed_under_load_then_capacity_returns":
+        "a three-node Ray cluster on this machine, a node removed and one added under load (minutes)",
+    # training
+    "tests/training/test_distributed.py::*":
+        "torchrun and accelerate launch start gloo process groups (67 s CPU, 2-2.5 min wall); one-process parity "
+        "of accumulation, cache and checkpointing stays in test_scale",
+    "tests/training/test_scale.py::test_bf16_on_the_cpu_keeps_trainable_tensors_fp32":
+        "bf16 emulated on a CPU without bf16; the GPU check runs the bf16 and fp16 CUDA steps",
 }

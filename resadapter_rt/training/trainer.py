@@ -301,7 +301,22 @@ def _train(options: TrainOptions, accelerator: Accelerator, progress: bool, noti
         error = None
         try:
             options, samples, checkpoint, data_id = prepare(options, accelerator.world_size, main)
-            components, model_id = _load(options, checkpoint)
+        except Exception as exc:  # every rank learns of it; rank 0 reports it
+            error = exc
+        accelerator.agree(error)
+        # Rank 0 loads (builds, downloads) the model first, the other ranks then read what it left.
+        loaded = None
+        for turn in (True, False):
+            error = None
+            if main == turn:
+                try:
+                    loaded = _load(options, checkpoint)
+                except Exception as exc:
+                    error = exc
+            accelerator.agree(error)
+        components, model_id = loaded
+        error = None
+        try:
             per_epoch = -(-len(epoch_batches(samples, options.batch_size, options.seed, 0)) // options.gradient_accumulation_steps)
             total = options.steps if options.steps is not None else (options.epochs or 1) * per_epoch
             if checkpoint and checkpoint["step"] >= total:
@@ -311,7 +326,7 @@ def _train(options: TrainOptions, accelerator: Accelerator, progress: bool, noti
                 out.parent.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(exclusive_lock(out.parent / f".{out.name}.lock", str(out)))
                 check_out(out)
-        except Exception as exc:  # every rank learns of it; rank 0 reports it
+        except Exception as exc:
             error = exc
         accelerator.agree(error)
         if accelerator.device.type == "cpu" and options.allow_tf32 and main:

@@ -72,6 +72,16 @@ EXTENDED: dict[str, str] = {
         "an SDXL export of its own; SDXL's encoders under compel stay by default (runner test)",
     "tests/runtime/test_prompt_weighting.py::test_other_backends_weighted_parity_and_unweighted_bit_identity*":
         "torch and openvino pipelines; onnxruntime stays by default, all three share compel_encoders.py",
+    "tests/runtime/test_prompt_weighting.py::test_compel_syntax_image_matches_diffusers_given_compel_of_the_prompt":
+        "a second image parity; compel's syntax stays by default in the parser, bit-identity and SDXL runner tests",
+    "tests/runtime/test_prompt_weighting.py::test_generate_cli_records_the_weighting":
+        "a whole CLI generation; the option's checks stay by default (before any export is opened)",
+    "tests/runtime/test_prompt_weighting.py::test_long_weighted_prompt_matches_diffusers":
+        "two-chunk image parity; two-chunk weighted embeddings stay by default (runner and tail tests)",
+    "tests/runtime/test_prompt_weighting.py::test_sdxl_weighted_images_match_diffusers_with_compel_embeddings":
+        "an SDXL export of its own; SDXL's encoders under compel stay by default (runner test)",
+    "tests/runtime/test_prompt_weighting.py::test_other_backends_weighted_parity_and_unweighted_bit_identity*":
+        "torch and openvino pipelines; onnxruntime stays by default, all three share compel_encoders.py",
     "tests/runtime/test_ip_adapter.py::test_dynamic_alpha_with_a_controlnet_matches_diffusers":
         "an SDXL ControlNet + IP-Adapter export of its own",
     "tests/runtime/test_ip_adapter.py::test_final_latents_match_diffusers[torch-sd15-full-face*":

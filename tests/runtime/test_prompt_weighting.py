@@ -227,46 +227,33 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def test_sd15_weighted_images_match_diffusers_with_compel_embeddings(sd15):
+def test_sd15_weighted_image_matches_diffusers_and_unweighted_stays_bit_identical(sd15):
     pipe = ResAdapterPipeline.from_artifacts(sd15)
     size = dict(width=136, height=128)
-    a1111 = pixels(pipe(FOX, negative_prompt="(ugly:1.3), [text]", **size, **RUN).images[0])
-    in_compel = pixels(pipe(FOX_COMPEL, negative_prompt="(ugly)1.3, (text)-", prompt_weighting="compel", **size, **RUN).images[0])
-    unweighted = pixels(pipe(FOX_PLAIN, negative_prompt="ugly, text", **size, **RUN).images[0])
+    out = pipe(FOX, negative_prompt="(ugly:1.3), [text]", **size, **RUN)
+    weighted, unweighted = pixels(out.images[0]), pixels(pipe(FOX_PLAIN, negative_prompt="ugly, text", **size, **RUN).images[0])
     expected = diffusers_image("sd15", FOX, "(ugly:1.3), [text]", "a1111", **size)
-    assert a1111.shape == expected.shape == (128, 136, 3)
-    print("sd15 a1111 max abs vs diffusers:", float(np.abs(a1111 - expected).max()))
-    assert float(np.abs(a1111 - expected).max()) <= 0.02
-    # the same weights written in compel's syntax, computed by compel(prompt) itself
-    expected_compel = diffusers_image("sd15", FOX_COMPEL, "(ugly)1.3, (text)-", "compel", **size)
-    print("sd15 compel max abs vs diffusers:", float(np.abs(in_compel - expected_compel).max()),
-          "unweighted vs diffusers:", float(np.abs(unweighted - expected).max()))
-    assert float(np.abs(in_compel - expected_compel).max()) <= 0.02
+    assert weighted.shape == expected.shape == (128, 136, 3) and out.parameters["prompt_weighting"] == "a1111"
+    print("sd15 a1111: max abs vs diffusers", float(np.abs(weighted - expected).max()),
+          "unweighted", float(np.abs(unweighted - expected).max()))
+    assert float(np.abs(weighted - expected).max()) <= 0.02
     assert float(np.abs(unweighted - expected).max()) > 0.04  # ignoring the weights would fail the parity check
-
-
-def test_unweighted_prompts_are_bit_identical_to_no_weighting(sd15):
-    pipe = ResAdapterPipeline.from_artifacts(sd15)
-    size = dict(width=136, height=128, output_type="latent")
+    latent = dict(size, output_type="latent")
     for prompt, negative in (("a red fox, tall grass", None), ("a red fox", "blurry, text")):
-        none = pipe(prompt, negative_prompt=negative, prompt_weighting="none", **size, **RUN).latents
+        none = pipe(prompt, negative_prompt=negative, prompt_weighting="none", **latent, **RUN).latents
         for syntax in ("a1111", "compel"):
-            assert torch.equal(pipe(prompt, negative_prompt=negative, prompt_weighting=syntax, **size, **RUN).latents, none)
+            assert torch.equal(pipe(prompt, negative_prompt=negative, prompt_weighting=syntax, **latent, **RUN).latents, none)
     # escaped brackets are the characters themselves: the same as the plain text with no weighting
-    assert torch.equal(pipe(r"a \(red\) fox", **size, **RUN).latents,
-                       pipe("a (red) fox", prompt_weighting="none", **size, **RUN).latents)
+    assert torch.equal(pipe(r"a \(red\) fox", **latent, **RUN).latents,
+                       pipe("a (red) fox", prompt_weighting="none", **latent, **RUN).latents)
 
 
-def test_generate_cli_records_the_weighting_and_refuses_bad_syntax_first(sd15, tmp_path, capsys):
-    out = tmp_path / "img.png"
-    result = run_main(["generate", "--artifacts", str(sd15), "--prompt", FOX, "--width", "136", "--height", "128",
-                       "--steps", "2", "-q", "-o", str(out)], capsys)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(Image.open(out).text["parameters"])["prompt_weighting"] == "a1111"
-    missing = tmp_path / "no-such-export"  # the syntax is checked before the export is opened
+def test_generate_refuses_bad_syntax_before_opening_the_export(tmp_path, capsys):
+    missing = tmp_path / "no-such-export"
     for extra, message in (
             (["--prompt", "a (cat"], "error: a1111 prompt weighting: '(' at column 3 ('a (cat') is never closed"),
             (["--prompt", "a cat", "--negative-prompt", "(ugly:1x)"], "weight '1x' at column 7"),
+            (["--prompt", "a cat++)", "--prompt-weighting", "compel"], "compel prompt weighting: unmatched ')' at column 8"),
             (["--prompt", "a cat", "--prompt-weighting", "sdnext"], "unknown prompt weighting 'sdnext'; choose one of "
                                                                    "a1111, compel, none")):
         result = run_main(["generate", "--artifacts", str(missing), "--width", "128", "--height", "128", "-q",
@@ -288,6 +275,28 @@ def test_server_input_prompt_weighting(sd15):
 
 
 # -- extended tier: a long prompt, SDXL, the other backends ---------------------------------------------------------
+
+
+def test_compel_syntax_image_matches_diffusers_given_compel_of_the_prompt(sd15):
+    """The reference calls ``compel(prompt)`` itself (parse, fragments, blend) on the PyTorch encoder."""
+    pipe = ResAdapterPipeline.from_artifacts(sd15)
+    size = dict(width=136, height=128)
+    image = pixels(pipe(FOX_COMPEL, negative_prompt="(ugly)1.3, (text)-", prompt_weighting="compel", **size, **RUN).images[0])
+    expected = diffusers_image("sd15", FOX_COMPEL, "(ugly)1.3, (text)-", "compel", **size)
+    unweighted = pixels(pipe(FOX_PLAIN, negative_prompt="ugly, text", **size, **RUN).images[0])
+    print("sd15 compel: max abs vs diffusers", float(np.abs(image - expected).max()),
+          "unweighted", float(np.abs(unweighted - expected).max()))
+    assert float(np.abs(image - expected).max()) <= 0.02
+    assert float(np.abs(unweighted - expected).max()) > 0.04
+
+
+def test_generate_cli_records_the_weighting(sd15, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    result = run_main(["generate", "--artifacts", str(sd15), "--prompt", FOX_COMPEL, "--prompt-weighting", "compel",
+                       "--width", "136", "--height", "128", "--steps", "2", "-q", "-o", str(out)], capsys)
+    assert result.returncode == 0, result.stderr
+    parameters = json.loads(Image.open(out).text["parameters"])
+    assert parameters["prompt_weighting"] == "compel" and parameters["prompt"] == FOX_COMPEL
 
 
 def test_long_weighted_prompt_matches_diffusers(sd15):

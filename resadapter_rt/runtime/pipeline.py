@@ -362,7 +362,7 @@ class ResAdapterPipeline:
         """Stage 1: check the request and resolve alpha, the prompt batch and the random generator.
 
         ``tiling``: ``tiling.tile_plan``'s options; dynamic alpha is then chosen for the tile, the size the UNet sees."""
-        tiling = tiling or {}
+        tiling = tiling or {"tile_size": None, "tile_stride": None}  # none given: no tiling (serve, the Triton model)
         self._check_request(prompt, height, width, steps, guidance_scale, images_per_prompt, tiled=tiling.get("tile_size") is not None)
         self.check_seed(seed)
         noise_scheduler = make_scheduler(scheduler, self.scheduler_config)

@@ -1,4 +1,9 @@
-"""Fused GroupNorm(+SiLU): the Triton kernel under TRITON_INTERPRET=1, the torch switch, the cuda export."""
+"""Fused GroupNorm(+SiLU): the Triton kernel (under TRITON_INTERPRET=1 without CUDA), the torch switch, the cuda export.
+
+Without CUDA the kernels run on Triton's CPU interpreter; with CUDA the flag is left alone (it would turn
+every kernel defined later in this process into an interpreted one, GPU tests' too) and the same tests run
+the compiled kernels on CUDA tensors.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel is first compiled: run it on the CPU
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first defined: run them on the CPU
+DEVICE = "cuda" if CUDA else "cpu"
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test])")
 
 from resadapter_rt import ResAdapterRTError, load_components  # noqa: E402
@@ -39,14 +47,14 @@ def assert_within_1e4_of_reference(out, expected):
 
 def run_kernel(n, c, h, w, groups, dtype, channels_last, activation, path):
     g = torch.Generator().manual_seed(c + h)
-    x = (100 + torch.randn(n, c, h, w, generator=g)).to(dtype)  # a mean offset: E[x^2] - mean^2 would cancel
+    x = (100 + torch.randn(n, c, h, w, generator=g)).to(DEVICE, dtype)  # a mean offset: E[x^2] - mean^2 would cancel
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    weight, bias = torch.randn(c, generator=g).to(dtype), torch.randn(c, generator=g).to(dtype)
+    weight, bias = torch.randn(c, generator=g).to(DEVICE, dtype), torch.randn(c, generator=g).to(DEVICE, dtype)
     out = _triton_group_norm(x, groups, weight, bias, 1e-5, activation == "silu", path)
-    assert out.dtype == dtype and out.shape == x.shape
+    assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
     assert out.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
-    assert_within_1e4_of_reference(out, reference(x, groups, weight, bias, activation))
+    assert_within_1e4_of_reference(out.cpu(), reference(x.cpu(), groups, weight.cpu(), bias.cpu(), activation))
 
 
 @pytest.mark.parametrize("n,c,h,w,groups", SHAPES)
@@ -77,13 +85,14 @@ def test_default_plan_on_an_sd_shape(channels_last):
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     weight, bias = torch.randn(320, generator=g), torch.randn(320, generator=g)
-    assert_within_1e4_of_reference(group_norm(x, 32, weight, bias, activation="silu"),
-                                   reference(x, 32, weight, bias, "silu"))
+    out = group_norm(x.to(DEVICE), 32, weight.to(DEVICE), bias.to(DEVICE), activation="silu")
+    assert_within_1e4_of_reference(out.cpu(), reference(x, 32, weight, bias, "silu"))
 
 
 def test_kernel_without_affine_and_on_3d_input():
     x = torch.randn(2, 32, 50) * 5 + 40
-    torch.testing.assert_close(group_norm(x, 4, None, None), F.group_norm(x.double(), 4).float(), rtol=0, atol=1e-5)
+    out = group_norm(x.to(DEVICE), 4, None, None).cpu()
+    torch.testing.assert_close(out, F.group_norm(x.double(), 4).float(), rtol=0, atol=1e-5)
 
 
 def test_cpu_without_interpreter_falls_back_to_torch(monkeypatch):

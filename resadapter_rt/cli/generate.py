@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     check_generation_args(args)
     check_prompts([args.prompt] + ([args.negative_prompt] if args.negative_prompt is not None else []), args.prompt_weighting)
     check_output_file(Path(args.output))
+    hires = hires_options(args)  # checked before the export is loaded
     pipe = ResAdapterPipeline.from_artifacts(args.artifacts, backend=args.backend, cpu_precision=args.cpu_precision)
     control = command_line_control(pipe.manifest, args.control_image, args.controlnet_scale, args.control_guidance_start,
                                    args.control_guidance_end, args.canny)
@@ -77,15 +78,23 @@ def run(args: argparse.Namespace) -> int:
     tiling = {"tile_size": args.tile_size, "tile_stride": args.tile_stride, "circular": args.circular,
               "tile_batch": args.tile_batch, **({"vae_tiling": True} if args.vae_tiling else {})}
     control = ({**control[0], **tiling}, control[1])
-    if args.hires_scale is not None:
-        from ..runtime.hires import DEFAULT_STRENGTH, HiresFix
+    if hires is not None:
+        from ..runtime.hires import HiresFix
 
-        strength = DEFAULT_STRENGTH if args.hires_strength is None else args.hires_strength
-        pipe = HiresFix(pipe, args.hires_scale, strength, args.hires_steps)
-    elif args.hires_strength is not None or args.hires_steps is not None:
-        raise ResAdapterRTError("--hires-strength and --hires-steps need --hires-scale (e.g. --hires-scale 2)")
+        pipe = HiresFix(pipe, *hires)
     generate_images(pipe, args, args.width, args.height, Path(args.output), args.quiet, control)
     return 0
+
+
+def hires_options(args: argparse.Namespace) -> tuple | None:
+    """--hires-scale/--hires-strength/--hires-steps checked: (scale, strength, steps), or None without --hires-scale."""
+    from ..runtime.hires import DEFAULT_STRENGTH, check_hires
+
+    if args.hires_scale is None:
+        if args.hires_strength is not None or args.hires_steps is not None:
+            raise ResAdapterRTError("--hires-strength and --hires-steps need --hires-scale (e.g. --hires-scale 2)")
+        return None
+    return check_hires(args.hires_scale, DEFAULT_STRENGTH if args.hires_strength is None else args.hires_strength, args.hires_steps)
 
 
 def generate_images(pipe, args: argparse.Namespace, width: int, height: int, output: Path, quiet: bool,

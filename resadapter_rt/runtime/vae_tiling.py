@@ -73,19 +73,12 @@ def tiled(x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor], tile_in:
 
 
 def default_tile(pipe: Any) -> int:
-    """The VAE tile in pixels: the model's native size (its training size), inside what the VAE covers."""
+    """The VAE tile in pixels: the model's native size (its training size), inside what the VAE covers, a multiple
+    of 32 px (so that the 3/4-tile stride is whole in latents)."""
     low, high = pipe.covered_range() if pipe.profiles is None else \
         (min(p.min_px for p in pipe.profiles), max(p.max_px for p in pipe.profiles))
     size = min(max(int(pipe.manifest.get("training_size") or 512), low), high)
     return max(size // TILE_MULTIPLE * TILE_MULTIPLE, TILE_MULTIPLE)
-
-
-def check_tile(pipe: Any, tile: int) -> int:
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0 or tile % TILE_MULTIPLE:
-        raise ResAdapterRTError(f"VAE tile size {tile!r} is not a positive multiple of {TILE_MULTIPLE} px; use e.g. {default_tile(pipe)}")
-    if not fits(pipe, tile, tile):
-        raise ResAdapterRTError(f"VAE tiles of {tile} px are outside what the VAE covers; use e.g. {default_tile(pipe)}")
-    return tile
 
 
 def minimum_side(pipe: Any) -> int:
@@ -99,7 +92,7 @@ class TiledVae:
     """A VAE decoder or encoder runner that runs tiles of ``tile`` pixels through the real one."""
 
     def __init__(self, runner: Any, tile: int, minimum: int, decoder: bool) -> None:
-        self.runner, self.decoder = runner, decoder
+        self.runner = runner
         self.input_names = runner.input_names
         self.input_name, self.output_name = ("latent_sample", "sample") if decoder else ("sample", "latent_parameters")
         self.tile_in, self.scale = (tile // LATENT, LATENT) if decoder else (tile, 1 / LATENT)
@@ -112,8 +105,7 @@ class TiledVae:
         return {self.output_name: tiled(inputs[self.input_name].float(), run, self.tile_in, self.scale, self.min_in)}
 
 
-def vae_runner(pipe: Any, name: str, width: int, height: int, batch: int, vae_tiling: bool | None = None,
-               tile: int | None = None) -> Any:
+def vae_runner(pipe: Any, name: str, width: int, height: int, batch: int, vae_tiling: bool | None = None) -> Any:
     """The ``vae_decoder``/``vae_encoder`` runner for a canvas of ``width`` x ``height`` pixels: the plain one
     where it fits (unless ``vae_tiling`` is True), else a tiled one (refused if ``vae_tiling`` is False)."""
     if vae_tiling not in (None, True, False):
@@ -124,8 +116,7 @@ def vae_runner(pipe: Any, name: str, width: int, height: int, batch: int, vae_ti
                                 "leave vae_tiling unset (tiles where needed) or pass --vae-tiling")
     if not (vae_tiling or needed):
         return pipe.runners[name]
-    size = check_tile(pipe, default_tile(pipe) if tile is None else tile)
-    return TiledVae(pipe.runners[name], size, minimum_side(pipe), decoder=name == "vae_decoder")
+    return TiledVae(pipe.runners[name], default_tile(pipe), minimum_side(pipe), decoder=name == "vae_decoder")
 
 
 def decode(pipe: Any, latents: torch.Tensor, vae_tiling: bool | None = None, circular: bool = False) -> torch.Tensor:

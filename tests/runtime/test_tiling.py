@@ -345,3 +345,12 @@ def test_sdxl_with_a_controlnet_in_windows():
                 **kwargs)
     assert wide.images[0].size == (2048, 512) and wide.parameters["tiles"] == 5 and wide.alpha == auto_alpha(512, 512, 1024)
     assert all(256 <= side <= 1536 for name, shape in calls for side in pixel_sides(name, shape))
+
+
+def test_generate_cli_tiles_a_canvas_beyond_the_range(export, tmp_path):
+    out = tmp_path / "pano.png"
+    assert main(["generate", "--artifacts", str(export), "--prompt", "a city", "--width", "1088", "--height", "128", "--steps", "1",
+                 "--tile-size", "128", "--tile-stride", "96", "--circular", "-q", "-o", str(out)]) == 0
+    params = json.loads(Image.open(out).text["parameters"])
+    assert Image.open(out).size == (1088, 128) and params["width"] == 1088 and params["resadapter_alpha"] == 1.0
+    assert (params["tile_size"], params["tile_stride"], params["circular"], params["tiles"]) == (128, 96, True, 12)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..serve.bounds import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_STEPS
+
 
 def add_parser(commands) -> None:
-    serve = commands.add_parser("serve", help="serve an export over the Open Inference Protocol (KServe v2 HTTP) on Ray Serve")
+    serve = commands.add_parser("serve", help="serve an export over the Open Inference Protocol (KServe v2 HTTP and gRPC) on Ray Serve")
     serve.add_argument("--artifacts", required=True, help="export or engine directory")
     serve.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) | torch | tensorrt | onnxruntime-tensorrt")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default %(default)s)")
@@ -16,6 +18,16 @@ def add_parser(commands) -> None:
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting for a replica; beyond: HTTP 503 (default 32)")
     serve.add_argument("--timeout", type=float, default=300.0, help="per-request deadline in seconds; beyond: HTTP 504 (default 300)")
     serve.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local Ray")
+    serve.add_argument("--grpc-port", type=int, help="also serve the protocol's gRPC service (inference.GRPCInferenceService, "
+                       "as tritonclient.grpc speaks it) on this port (default: HTTP only)")
+    serve.add_argument("--max-pixels", type=int, help="largest width x height one request may ask for; beyond: HTTP 400 / "
+                       "gRPC INVALID_ARGUMENT (default: from the artifacts: the largest engine profile, else the export's range)")
+    serve.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="most steps one request may ask for (default %(default)s)")
+    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                       help="largest request body; beyond: HTTP 413 before parsing (default %(default)s)")
+    serve.add_argument("--drain-timeout", type=float, default=30.0, help="on SIGTERM/SIGINT, seconds the requests in flight "
+                       "may still run before they are answered 503 (default %(default)s)")
+    serve.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs per model replica on CPU backends (default 1)")
     serve.set_defaults(handler=run)
 
 
@@ -25,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     options = ServeOptions(artifacts=args.artifacts, backend=args.backend, host=args.host, port=args.port, replicas=args.replicas,
                            max_batch_size=args.max_batch_size, max_queue=args.max_queue, timeout=args.timeout,
-                           address=args.address).checked()
-    require_serving_libraries()
-    from ..serve.app import serve_forever
+                           address=args.address, grpc_port=args.grpc_port, max_pixels=args.max_pixels, max_steps=args.max_steps,
+                           max_body_bytes=args.max_body_bytes, drain_timeout=args.drain_timeout,
+                           replica_cpus=args.replica_cpus).checked()
+    require_serving_libraries(grpc=options.grpc_port is not None)
+    from ..serve.lifecycle import serve_forever
 
     return serve_forever(options)

@@ -1,8 +1,10 @@
 """The Ray Serve application: an Open Inference Protocol ingress in front of ``ResAdapterModel`` replicas.
 
-``OpenInferenceIngress`` (one replica, FastAPI) speaks the protocol, bounds the requests in the
-server (replicas x 2 x max batch size held by the replicas, plus ``--max-queue`` waiting; beyond: 503
-at once), enforces the deadline and keeps the Prometheus metrics (``GET /metrics``).
+``OpenInferenceIngress`` (one replica) speaks the protocol over HTTP (FastAPI) and gRPC (Serve's gRPC
+proxy calls its methods named after the RPCs), checks each request's bounds (``bounds.py``), bounds
+the requests in the server (replicas x 2 x max batch size held by the replicas, plus ``--max-queue``
+waiting; beyond: 503 / RESOURCE_EXHAUSTED at once), enforces the deadline, drains on shutdown
+(``drain``) and keeps the Prometheus metrics (``GET /metrics``).
 ``ResAdapterModel`` replicas each hold a ``ResAdapterPipeline``, finish a warm-up generation before
 Ray marks them running, check requests (400 with the CLI's message) and batch them.
 """
@@ -11,19 +13,22 @@ import asyncio
 import logging
 import os
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from .. import __version__
-from ..errors import ResAdapterRTError
-from .options import ServeOptions
-from .protocol import HEADER_LENGTH, MODEL_NAME, MODEL_VERSION, encode_infer_response, error_body, model_metadata, parse_infer_request
+from ..errors import ResAdapterRTError, first_line
+from .grpc_protocol import check_model, infer_response, model_metadata_response, parse_grpc_request, service_pb2
+from .options import GENERATION_DEFAULTS, ServeOptions, export_directory
+from .protocol import HEADER_LENGTH, MODEL_NAME, MODEL_VERSION, InferRequest, encode_infer_response, error_body, \
+    model_metadata, parse_infer_request
 
-APP_NAME = "resadapter"
 MODEL_DEPLOYMENT = "ResAdapterModel"
 WARMUP_STEPS = 2
 
@@ -55,9 +60,12 @@ class ResAdapterModel:
         image, stats = await self.batcher.submit(request)
         return {"image": image, "stats": stats}
 
-    def stats(self) -> dict[str, int]:
-        """This replica's process id, its jobs in hand, and how many it dropped (their callers were gone)."""
-        return {"pid": os.getpid(), "active": self.batcher.active, "dropped": self.batcher.dropped}
+    def stats(self) -> dict[str, Any]:
+        """This replica's process id and Ray node, its jobs in hand, and how many it dropped (their callers were gone)."""
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "active": self.batcher.active,
+                "dropped": self.batcher.dropped}
 
 
 class _Metrics:
@@ -78,7 +86,7 @@ class _Metrics:
                                       "(image-steps: batch size x steps / UNet seconds)", registry=self.registry)
         self.unet_steps = Counter("resadapter_unet_image_steps", "UNet image-steps of answered requests",
                                   registry=self.registry)
-        for outcome in ("ok", "bad_request", "queue_full", "timeout", "cancelled", "unavailable", "error"):
+        for outcome in (*HTTP_STATUS, "cancelled"):
             self.requests.labels(outcome)
 
     def record(self, stats: dict[str, Any]) -> None:
@@ -88,6 +96,42 @@ class _Metrics:
             self.steps_per_second.set(stats["batch_size"] * stats["steps"] / stats["unet_seconds"])
 
 
+HTTP_STATUS = {"ok": 200, "bad_request": 400, "too_large": 413, "queue_full": 503, "draining": 503, "unavailable": 503,
+               "timeout": 504, "error": 500}
+GRPC_CODE = {"bad_request": "INVALID_ARGUMENT", "too_large": "INVALID_ARGUMENT", "queue_full": "RESOURCE_EXHAUSTED",
+             "draining": "UNAVAILABLE", "unavailable": "UNAVAILABLE", "timeout": "DEADLINE_EXCEEDED", "error": "INTERNAL"}
+
+
+@dataclass
+class Answer:
+    """How an infer request ended (an ``outcome`` of ``HTTP_STATUS``), for either face to encode."""
+
+    outcome: str
+    message: str = ""
+    image: np.ndarray | None = None
+
+
+class _Closed(Exception):
+    """The drain timeout passed while the request was in flight."""
+
+
+class _TooLarge(ResAdapterRTError):
+    """The body is over ``--max-body-bytes`` (HTTP 413)."""
+
+
+def _known_model(request: Any, grpc_context: Any) -> bool:
+    """``ModelReady``/``ModelMetadata`` of another model: NOT_FOUND with the one-line reason."""
+    import grpc
+
+    try:
+        check_model(request.name, request.version)
+    except ResAdapterRTError as exc:
+        grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
+        grpc_context.set_details(str(exc))
+        return False
+    return True
+
+
 def _error(status: int, message: str) -> Response:
     return Response(content=error_body(message), status_code=status, media_type="application/json")
 
@@ -95,11 +139,17 @@ def _error(status: int, message: str) -> Response:
 @serve.deployment(max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class OpenInferenceIngress:
-    """The HTTP face: KServe v2 health, metadata and infer for the model ``resadapter``."""
+    """The protocol's faces: KServe v2 HTTP (FastAPI routes) and ``inference.GRPCInferenceService`` (the methods
+    named after its RPCs, called by Serve's gRPC proxy), one parsing, bounds, queue, deadline and metrics for both."""
 
-    def __init__(self, model: DeploymentHandle, timeout: float, backend: str, max_in_flight: int) -> None:
-        self.model, self.timeout, self.backend, self.max_in_flight = model, timeout, backend, max_in_flight
+    def __init__(self, model: DeploymentHandle, options: ServeOptions, training_size: int) -> None:
+        self.model, self.timeout, self.backend, self.bounds = model, options.timeout, options.backend, options.bounds
+        held = 2 * options.max_batch_size  # per replica: one batch generating, the next one forming
+        self.max_in_flight = options.replicas * held + options.max_queue
+        self.training_size = training_size
         self.in_flight = 0  # accepted, not yet answered (this ingress is the only one: the count is the server's)
+        self.draining = False  # set by drain(): readiness false, new requests refused
+        self.closed = asyncio.Event()  # set when the drain timeout passed: requests still in flight are answered 503
         self.metrics = _Metrics()
 
     async def _replicas_running(self) -> int:
@@ -109,14 +159,95 @@ class OpenInferenceIngress:
         deployment = application.deployments.get(MODEL_DEPLOYMENT) if application else None
         return deployment.replica_states.get("RUNNING", 0) if deployment else 0
 
+    async def _ready(self) -> bool:
+        return not self.draining and await self._replicas_running() > 0
+
+    # -- the request path both faces share --------------------------------------------------------
+    async def _generate(self, parsed: InferRequest) -> Answer:
+        """Bounds, the queue bound, the deadline and the drain for a parsed request; the image or why not."""
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+        if self.draining:
+            return Answer("draining", "the server is shutting down and takes no new requests; retry on another instance")
+        try:
+            self.bounds.check(parsed.parameters, self.training_size, GENERATION_DEFAULTS["steps"])
+        except ResAdapterRTError as exc:
+            return Answer("bad_request", str(exc))
+        if self.in_flight >= self.max_in_flight:
+            return Answer("queue_full", f"the queue is full ({self.in_flight} requests in the server, --max-queue reached); retry later")
+        deadline = min(t for t in (self.timeout, parsed.timeout_s) if t is not None)
+        self.in_flight += 1
+        self.metrics.queue_depth.set(self.in_flight)
+        response = self.model.generate.remote(parsed.parameters)
+        try:
+            result = await asyncio.wait_for(self._result_unless_closed(response), deadline)
+        except asyncio.TimeoutError:
+            response.cancel()
+            return Answer("timeout", f"the deadline of {deadline:g} s passed before the image was ready; the request was dropped")
+        except _Closed:
+            response.cancel()
+            return Answer("draining", "the server shut down before the image was ready (the drain timeout passed); "
+                                      "retry on another instance")
+        except asyncio.CancelledError:  # the client went away: Ray Serve cancels this handler
+            response.cancel()
+            self.metrics.requests.labels("cancelled").inc()
+            raise
+        except (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError) as exc:  # its replica died
+            return Answer("unavailable", f"the replica serving this request stopped ({type(exc).__name__}); retry: the "
+                                         "others keep serving and Ray restarts it")
+        except Exception as exc:  # a failed generation fails its request, not the server
+            log.exception("infer failed")
+            return Answer("error", f"unexpected {type(exc).__name__}: {first_line(exc, 300)} (a bug in resadapter-rt: see "
+                                   "the replica's log)")
+        finally:
+            self.in_flight -= 1
+            self.metrics.queue_depth.set(self.in_flight)
+        if "error" in result:
+            return Answer("bad_request", result["error"])
+        self.metrics.record(result["stats"])
+        return Answer("ok", image=result["image"])
+
+    async def _result_unless_closed(self, response: Any) -> dict[str, Any]:
+        result, closed = asyncio.ensure_future(response), asyncio.ensure_future(self.closed.wait())
+        try:
+            done, _ = await asyncio.wait({result, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not result.done():
+                result.cancel()
+        if result not in done:
+            raise _Closed
+        return result.result()
+
+    def _count(self, answer: Answer, started: float) -> Answer:
+        self.metrics.requests.labels(answer.outcome).inc()
+        if answer.outcome == "ok":
+            self.metrics.latency.observe(time.perf_counter() - started)
+        return answer
+
+    async def drain(self, timeout: float) -> dict[str, int]:
+        """Shutdown, step one: readiness false and new requests refused at once; requests in flight run for up to
+        ``timeout`` seconds, then are answered 503. Returns how many were in flight and how many were cut."""
+        self.draining = True
+        in_flight, until = self.in_flight, time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        cut = self.in_flight
+        self.closed.set()
+        while self.in_flight:  # the cut ones take their 503 now
+            await asyncio.sleep(0.05)
+        return {"in_flight": in_flight, "cut": cut}
+
+    # -- HTTP -------------------------------------------------------------------------------------
     @api.get("/v2/health/live")
     async def live(self) -> dict:
         return {"live": True}
 
     @api.get("/v2/health/ready")
     async def ready(self) -> Response:
-        running = await self._replicas_running()
-        return Response(content=f'{{"ready": {str(running > 0).lower()}}}', status_code=200 if running else 503,
+        ready = await self._ready()
+        return Response(content=f'{{"ready": {str(ready).lower()}}}', status_code=200 if ready else 503,
                         media_type="application/json")
 
     @api.get("/v2")
@@ -142,119 +273,92 @@ class OpenInferenceIngress:
     @api.post(f"/v2/models/{MODEL_NAME}/infer")
     @api.post(f"/v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}/infer")
     async def infer(self, request: Request) -> Response:
-        from ray.exceptions import RayActorError
-        from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
-
-        started, metrics = time.perf_counter(), self.metrics
+        started = time.perf_counter()
         try:
-            parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH))
+            body = await self._read_body(request)
+            parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+        except _TooLarge as exc:
+            answer = Answer("too_large", str(exc))
         except ResAdapterRTError as exc:
-            metrics.requests.labels("bad_request").inc()
-            return _error(400, str(exc))
-        if self.in_flight >= self.max_in_flight:
-            metrics.requests.labels("queue_full").inc()
-            return _error(503, f"the queue is full ({self.in_flight} requests in the server, --max-queue reached); retry later")
-        deadline = min(t for t in (self.timeout, parsed.timeout_s) if t is not None)
-        self.in_flight += 1
-        metrics.queue_depth.set(self.in_flight)
-        response = self.model.generate.remote(parsed.parameters)
+            answer = Answer("bad_request", str(exc))
+        else:
+            answer = await self._generate(parsed)
+        self._count(answer, started)
+        if answer.outcome != "ok":
+            return _error(HTTP_STATUS[answer.outcome], answer.message)
+        content, headers = encode_infer_response(answer.image, parsed.request_id, parsed.binary_output)
+        return Response(content=content, headers=headers, status_code=200)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused before it is read past ``--max-body-bytes`` (by its Content-Length, else as it streams)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit():
+            self._check_body(int(declared))
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            self._check_body(len(body))
+        return bytes(body)
+
+    def _check_body(self, size: int) -> None:
         try:
-            result = await asyncio.wait_for(response, deadline)
-        except asyncio.TimeoutError:
-            response.cancel()
-            metrics.requests.labels("timeout").inc()
-            return _error(504, f"the deadline of {deadline:g} s passed before the image was ready; the request was dropped")
-        except asyncio.CancelledError:  # the client disconnected: Ray Serve cancels this handler
-            response.cancel()
-            metrics.requests.labels("cancelled").inc()
-            raise
-        except (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError) as exc:  # its replica died
-            metrics.requests.labels("unavailable").inc()
-            return _error(503, f"the replica serving this request stopped ({type(exc).__name__}); retry: the others "
-                               "keep serving and Ray restarts it")
-        except Exception as exc:  # a failed generation fails its request, not the server
-            log.exception("infer failed")
-            metrics.requests.labels("error").inc()
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            return _error(500, f"unexpected {type(exc).__name__}: {first} (a bug in resadapter-rt: see the replica's log)")
-        finally:
-            self.in_flight -= 1
-            metrics.queue_depth.set(self.in_flight)
-        if "error" in result:
-            metrics.requests.labels("bad_request").inc()
-            return _error(400, result["error"])
-        metrics.requests.labels("ok").inc()
-        metrics.latency.observe(time.perf_counter() - started)
-        metrics.record(result["stats"])
-        body, headers = encode_infer_response(result["image"], parsed.request_id, parsed.binary_output)
-        return Response(content=body, headers=headers, status_code=200)
+            self.bounds.check_body(size)
+        except ResAdapterRTError as exc:
+            raise _TooLarge(str(exc)) from None
+
+    # -- gRPC: inference.GRPCInferenceService -----------------------------------------------------
+    async def ServerLive(self, request: Any) -> Any:  # noqa: N802 (the RPC's name)
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any) -> Any:  # noqa: N802
+        return service_pb2.ServerReadyResponse(ready=await self._ready())
+
+    async def ModelReady(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        if not _known_model(request, grpc_context):
+            return service_pb2.ModelReadyResponse()
+        return service_pb2.ModelReadyResponse(ready=await self._ready())
+
+    async def ServerMetadata(self, request: Any) -> Any:  # noqa: N802
+        return service_pb2.ServerMetadataResponse(name="resadapter-rt", version=__version__, extensions=["binary_tensor_data"])
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        if not _known_model(request, grpc_context):
+            return service_pb2.ModelMetadataResponse()
+        return model_metadata_response(model_metadata(f"resadapter-rt/{self.backend}"))
+
+    async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        import grpc
+        started = time.perf_counter()
+        try:
+            self.bounds.check_body(request.ByteSize())
+        except ResAdapterRTError as exc:
+            answer = Answer("too_large", str(exc))
+        else:
+            try:
+                parsed = parse_grpc_request(request)
+            except ResAdapterRTError as exc:
+                answer = Answer("bad_request", str(exc))
+            else:
+                answer = await self._generate(parsed)
+        self._count(answer, started)
+        if answer.outcome == "ok":
+            return infer_response(answer.image, parsed.request_id)
+        grpc_context.set_code(getattr(grpc.StatusCode, GRPC_CODE[answer.outcome]))
+        grpc_context.set_details(answer.message)
+        return service_pb2.ModelInferResponse()
 
 
 def build_app(options: ServeOptions) -> serve.Application:
     """The application for checked ``options``: ``options.replicas`` model replicas behind one ingress."""
-    held = 2 * options.max_batch_size  # per replica: one batch generating, the next one forming
-    model = ResAdapterModel.options(num_replicas=options.replicas, max_ongoing_requests=held,
+    from ..export.exporter import read_manifest
+
+    model = ResAdapterModel.options(num_replicas=options.replicas, max_ongoing_requests=2 * options.max_batch_size,
                                     ray_actor_options=options.replica_resources,
                                     ).bind(options.artifacts, options.backend, options.max_batch_size)
-    return OpenInferenceIngress.bind(model, options.timeout, options.backend, options.replicas * held + options.max_queue)
+    training_size = int(read_manifest(export_directory(Path(options.artifacts)))["training_size"])
+    return OpenInferenceIngress.bind(model, options, training_size)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """For ``serve deploy`` / ``serve run`` config files: ``args`` are ``ServeOptions`` fields."""
     return build_app(ServeOptions(**args).checked())
-
-
-def _check_local_resources(options: ServeOptions, available: dict[str, float]) -> None:
-    for resource, per_replica in (("GPU", options.replica_resources.get("num_gpus", 0)),
-                                  ("CPU", options.replica_resources["num_cpus"])):
-        needed = options.replicas * per_replica
-        if available.get(resource, 0) < needed:
-            fix = "use --backend onnxruntime, or" if resource == "GPU" else "use fewer --replicas, or"
-            raise ResAdapterRTError(f"--backend {options.backend} with --replicas {options.replicas} needs {needed:g} {resource}(s) "
-                                    f"(one per replica); this machine has {available.get(resource, 0):g} for Ray; {fix} "
-                                    f"--address to join a Ray cluster that has them")
-
-
-@contextmanager
-def serving(options: ServeOptions, num_cpus: int | None = None, quiet: bool = True) -> Iterator[str]:
-    """Ray (local, or joined at ``options.address``), Serve's HTTP proxy and the application, shut down on exit.
-
-    Yields the base URL once the replicas finished their warm-up. ``quiet``: replica logs stay in Ray's log files.
-    """
-    import ray
-
-    joined = options.address is not None
-    ray.init(address=options.address, num_cpus=None if joined else num_cpus, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=not quiet)
-    try:
-        if not joined:  # a local Ray would wait forever for resources it does not have
-            _check_local_resources(options, ray.cluster_resources())
-        serve.start(http_options={"host": options.host, "port": options.port})
-        serve.run(build_app(options), name=APP_NAME, route_prefix="/")
-        yield f"http://{options.host}:{options.port}"
-    finally:
-        try:
-            if joined:
-                serve.delete(APP_NAME)  # leave the cluster and its other applications running
-            else:
-                serve.shutdown()
-        finally:
-            ray.shutdown()
-
-
-def serve_forever(options: ServeOptions) -> int:
-    """``resadapter-rt serve``: run until Ctrl-C (exit 0), then shut Serve (and a local Ray) down; Ctrl-C while
-    starting exits 130."""
-    import sys
-
-    started = False
-    try:
-        with serving(options, quiet=False) as url:
-            print(f"serving {options.artifacts} ({options.backend}, {options.replicas} replica(s)) at {url}: "
-                  f"Open Inference Protocol model {MODEL_NAME!r}, metrics at {url}/metrics; Ctrl-C stops", flush=True)
-            started = True
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopped" if started else "error: interrupted while starting; the server was shut down", file=sys.stderr)
-        return 0 if started else 130

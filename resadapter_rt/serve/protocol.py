@@ -46,7 +46,7 @@ class InferRequest:
     timeout_s: float | None = None  # Triton's per-request ``timeout`` parameter (microseconds on the wire)
 
 
-def _decode_tensor(name: str, dtype: str, data: Any, raw: bytes | None) -> Any:
+def decode_tensor(name: str, dtype: str, data: Any, raw: bytes | None) -> Any:
     """The single element of a [1] tensor given as JSON ``data`` or as binary bytes."""
     from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
@@ -94,12 +94,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     binary, offset, parameters = body[split:], 0, {}
     for tensor in envelope["inputs"]:
         name, dtype = tensor.get("name"), tensor.get("datatype")
-        if name not in INPUTS:
-            raise ResAdapterRTError(f"unknown input {name!r}; the inputs are {', '.join(INPUTS)}")
-        if name in parameters:
-            raise ResAdapterRTError(f"input {name} is given twice")
-        if dtype != INPUTS[name][0]:
-            raise ResAdapterRTError(f"input {name} has datatype {dtype}; send {INPUTS[name][0]}")
+        check_input(parameters, name, dtype)
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         raw = None
         if size is not None:
@@ -108,19 +103,37 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             raw, offset = binary[offset:offset + size], offset + size
         elif "data" not in tensor:
             raise ResAdapterRTError(f"input {name} has neither data nor binary_data_size")
-        parameters[name] = _decode_tensor(name, dtype, tensor.get("data"), raw)
-    if "prompt" not in parameters:
-        raise ResAdapterRTError("input prompt is missing; send the text to generate from (BYTES, shape [1])")
+        parameters[name] = decode_tensor(name, dtype, tensor.get("data"), raw)
+    check_prompt_given(parameters)
     binary_output = bool((envelope.get("parameters") or {}).get("binary_data_output", False))
     for output in envelope.get("outputs") or []:
         if output.get("name") != OUTPUT:
             raise ResAdapterRTError(f"unknown output {output.get('name')!r}; the output is {OUTPUT}")
         binary_output = bool((output.get("parameters") or {}).get("binary_data", binary_output))
-    timeout = (envelope.get("parameters") or {}).get("timeout")
+    return InferRequest(parameters=parameters, request_id=envelope.get("id"), binary_output=binary_output,
+                        timeout_s=timeout_seconds((envelope.get("parameters") or {}).get("timeout")))
+
+
+def check_input(parameters: dict[str, Any], name: Any, dtype: Any) -> None:
+    """An input tensor's name and datatype (HTTP and gRPC): known, given once, of the input's datatype."""
+    if name not in INPUTS:
+        raise ResAdapterRTError(f"unknown input {name!r}; the inputs are {', '.join(INPUTS)}")
+    if name in parameters:
+        raise ResAdapterRTError(f"input {name} is given twice")
+    if dtype != INPUTS[name][0]:
+        raise ResAdapterRTError(f"input {name} has datatype {dtype}; send {INPUTS[name][0]}")
+
+
+def check_prompt_given(parameters: dict[str, Any]) -> None:
+    if "prompt" not in parameters:
+        raise ResAdapterRTError("input prompt is missing; send the text to generate from (BYTES, shape [1])")
+
+
+def timeout_seconds(timeout: Any) -> float | None:
+    """Triton's ``timeout`` request parameter (microseconds) in seconds."""
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         raise ResAdapterRTError(f"parameter timeout {timeout!r} must be a positive integer of microseconds")
-    return InferRequest(parameters=parameters, request_id=envelope.get("id"), binary_output=binary_output,
-                        timeout_s=None if timeout is None else timeout / 1e6)
+    return None if timeout is None else timeout / 1e6
 
 
 def encode_infer_response(image: np.ndarray, request_id: str | None, binary: bool) -> tuple[bytes, dict[str, str]]:

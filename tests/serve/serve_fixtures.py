@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def ray_processes() -> list[psutil.Process]:
 @contextmanager
 def running_server(**options):
     """Serve ``options`` on a free loopback port; afterwards no process of it may be left."""
-    from resadapter_rt.serve.app import serving
+    from resadapter_rt.serve.lifecycle import serving
     from resadapter_rt.serve.options import ServeOptions
 
     checked = ServeOptions(port=free_port(), **options).checked()
@@ -101,3 +102,23 @@ def replica_stats(expected: int = 2, attempts: int = 40) -> dict[int, dict]:
         if len(seen) >= expected:
             break
     return seen
+
+
+def metric(url: str, name: str) -> float:
+    """One sample of ``GET /metrics``."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert values, f"{name} not in /metrics"
+    return values[0]
+
+
+def wait_for(condition, timeout: float = 60, every: float = 0.5) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds passed."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(every)
+    return False

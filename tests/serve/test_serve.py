@@ -1,22 +1,36 @@
-"""`resadapter-rt serve`: the Open Inference Protocol with tritonclient against the tiny export."""
+"""`resadapter-rt serve`: the Open Inference Protocol over HTTP and gRPC with tritonclient against the tiny export."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import pytest
 
-from serve_fixtures import cli_image, infer_json, replica_stats, running_server, tiny_export  # noqa: F401 (fixture)
+from serve_fixtures import cli_image, free_port, infer_json, metric, replica_stats, running_server, tiny_export, wait_for  # noqa: F401
 
 PARITY = dict(prompt="a red fox in the snow", width=192, height=128, steps=3, seed=7, guidance=6.5, alpha=0.7,
               scheduler="euler-a", negative_prompt="blurry")
 
 
+GRPC_PORT = free_port()
+BOUNDS = dict(max_pixels=512 * 512, max_steps=400, max_body_bytes=4096)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_export):
-    with running_server(artifacts=str(tiny_export), replicas=2, max_batch_size=2, max_queue=2, timeout=120) as url:
+    with running_server(artifacts=str(tiny_export), replicas=2, max_batch_size=2, max_queue=2, timeout=120,
+                        grpc_port=GRPC_PORT, **BOUNDS) as url:
         yield url
+
+
+@pytest.fixture
+def grpc_client(server):
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}") as c:
+        yield c
 
 
 @pytest.fixture
@@ -27,17 +41,18 @@ def client(server):
         yield c
 
 
-def infer_inputs(binary: bool = True, **parameters):
-    """tritonclient inputs for generation ``parameters`` (the CLI's flag names)."""
-    import tritonclient.http as httpclient
+def infer_inputs(binary: bool = True, client_module: str = "http", **parameters):
+    """tritonclient (``http`` or ``grpc``) inputs for generation ``parameters`` (the CLI's flag names)."""
+    import importlib
 
+    httpclient = importlib.import_module(f"tritonclient.{client_module}")
     names = {"guidance": ("guidance_scale", np.float32), "alpha": ("resadapter_alpha", np.float32)}
     inputs = []
     for flag, value in parameters.items():
         name, dtype = names.get(flag, (flag, np.int64 if isinstance(value, int) else np.object_))
         data = np.array([value.encode() if dtype is np.object_ else value], dtype=dtype)
         tensor = httpclient.InferInput(name, [1], {np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}[dtype])
-        tensor.set_data_from_numpy(data, binary_data=binary)
+        tensor.set_data_from_numpy(data, **({"binary_data": binary} if client_module == "http" else {}))
         inputs.append(tensor)
     return inputs
 
@@ -75,7 +90,6 @@ BAD = [  # (CLI flags, the same as protocol inputs)
     ({"width": 100}, {"width": 100}),
     ({"width": 2048}, {"width": 2048}),
     ({"steps": 0}, {"steps": 0}),
-    ({"steps": 5000}, {"steps": 5000}),
     ({"scheduler": "bogus"}, {"scheduler": "bogus"}),
     ({"guidance": -1.0}, {"guidance_scale": -1.0}),
     ({"alpha": 3.5}, {"resadapter_alpha": 3.5}),
@@ -95,6 +109,90 @@ def test_bad_parameters_get_400_with_the_cli_message(server, tiny_export, tmp_pa
     status, body, _ = infer_json(server, {"prompt": "a fox", "width": 128, "height": 128, **inputs})
     assert status == 400
     assert f"error: {body['error']}" == cli_line
+
+
+def grpc_error(call) -> tuple[str, str]:
+    """(status code name, details) of a tritonclient gRPC call that must fail."""
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as raised:
+        call()
+    return raised.value.status().removeprefix("StatusCode."), raised.value.message()
+
+
+def test_grpc_image_equals_http_and_cli_generate(grpc_client, client, tiny_export, tmp_path, capsys):
+    import tritonclient.grpc as grpcclient
+
+    result = grpc_client.infer("resadapter", infer_inputs(client_module="grpc", **PARITY),
+                               outputs=[grpcclient.InferRequestedOutput("image")], request_id="parity")
+    image = result.as_numpy("image")
+    assert result.get_response().id == "parity"
+    assert image.dtype == np.uint8 and image.shape == (128, 192, 3)
+    assert np.array_equal(image, cli_image(tiny_export, tmp_path, capsys, **PARITY))
+    assert np.array_equal(image, client.infer("resadapter", infer_inputs(**PARITY)).as_numpy("image"))
+
+
+def test_grpc_health_and_metadata_match_http(grpc_client, client):
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready() and grpc_client.is_model_ready("resadapter")
+    assert grpc_client.is_model_ready("resadapter", model_version="1")
+    assert grpc_client.get_model_metadata("resadapter", as_json=True) == {
+        **client.get_model_metadata("resadapter"), "inputs": [{**i, "shape": ["1"]} for i in client.get_model_metadata("resadapter")["inputs"]],
+        "outputs": [{"name": "image", "datatype": "UINT8", "shape": ["-1", "-1", "3"]}]}  # int64 shapes are JSON strings
+    assert grpc_client.get_server_metadata(as_json=True)["name"] == client.get_server_metadata()["name"] == "resadapter-rt"
+    assert grpc_error(lambda: grpc_client.get_model_metadata("other")) == (
+        "NOT_FOUND", "unknown model 'other' version ''; this server serves 'resadapter' version '1'")
+
+
+@pytest.mark.parametrize("flags,inputs", BAD[:3], ids=[next(iter(b[0])) + str(next(iter(b[0].values()))) for b in BAD[:3]])
+def test_bad_parameters_get_invalid_argument_over_grpc(grpc_client, server, flags, inputs):
+    status, body, _ = infer_json(server, {"prompt": "a fox", "width": 128, "height": 128, **inputs})
+    assert status == 400
+    parameters = {"prompt": "a fox", "width": 128, "height": 128, **flags}
+    assert grpc_error(lambda: grpc_client.infer("resadapter", infer_inputs(client_module="grpc", **parameters))) == (
+        "INVALID_ARGUMENT", body["error"])
+
+
+BOUNDED = [  # parameters beyond the fixture's BOUNDS, and the message
+    (dict(width=576, height=512), "576x512 is 294912 pixels, above this server's --max-pixels 262144; ask for a smaller width x height"),
+    (dict(width=1024, height=264), "1024x264 is 270336 pixels, above this server's --max-pixels 262144; ask for a smaller width x height"),
+    (dict(steps=401), "steps 401 is above this server's --max-steps 400; ask for 400 or fewer"),
+    (dict(steps=5000), "steps 5000 is above this server's --max-steps 400; ask for 400 or fewer"),
+]
+
+
+@pytest.mark.parametrize("parameters,message", BOUNDED, ids=["pixels", "odd-pixels", "steps", "steps-past-scheduler"])
+def test_requests_beyond_the_bounds_are_refused_on_both_faces(server, grpc_client, parameters, message):
+    started = time.perf_counter()
+    status, body, _ = infer_json(server, {"prompt": "a fox", "width": 128, "height": 128, **parameters})
+    assert (status, body) == (400, {"error": message})
+    assert grpc_error(lambda: grpc_client.infer("resadapter", infer_inputs(
+        client_module="grpc", **{"prompt": "a fox", "width": 128, "height": 128, **parameters}))) == ("INVALID_ARGUMENT", message)
+    assert time.perf_counter() - started < 5, "refused requests must not reach a replica"
+    assert grpc_client.is_server_ready()
+
+
+def test_body_over_the_limit_is_413_before_parsing_and_invalid_argument_over_grpc(server, grpc_client):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{server}/v2/models/resadapter/infer", data=b"x" * 5000, method="POST")  # not even JSON
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=60)
+    expected = ("the request is 5000 bytes, above this server's --max-body-bytes 4096; send a smaller request "
+                "(prompts are text: a few KiB)")
+    assert raised.value.code == 413 and json.loads(raised.value.read()) == {"error": expected}
+    code, message = grpc_error(lambda: grpc_client.infer("resadapter", infer_inputs(client_module="grpc", prompt="x" * 5000)))
+    assert code == "INVALID_ARGUMENT" and message.startswith("the request is 50") and "--max-body-bytes 4096" in message
+    assert metric(server, 'resadapter_requests_total{outcome="too_large"}') >= 2
+    assert infer_json(server, dict(prompt="after", width=128, height=128, steps=2))[0] == 200
+
+
+def test_grpc_deadline_is_deadline_exceeded(grpc_client):
+    started = time.perf_counter()
+    code, message = grpc_error(lambda: grpc_client.infer("resadapter", infer_inputs(client_module="grpc", **LONG),
+                                                         timeout=2_000_000))
+    assert (code, message) == ("DEADLINE_EXCEEDED", "the deadline of 2 s passed before the image was ready; the request was dropped")
+    assert time.perf_counter() - started < 8
 
 
 @pytest.mark.parametrize("body,expected", [
@@ -140,17 +238,7 @@ def test_equal_concurrent_requests_share_a_unet_batch(server, tiny_export, tmp_p
         assert np.abs(image.astype(int) - expected).max() <= 1, f"seed {seed}"
 
 
-def metric(url: str, name: str) -> float:
-    """One sample of ``GET /metrics``."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
-    assert values, f"{name} not in /metrics"
-    return values[0]
-
-
-LONG = dict(prompt="a long job", width=512, height=512, steps=400)  # minutes of UNet steps on a CPU
+LONG = dict(prompt="a long job", width=512, height=512, steps=400)  # minutes of UNet steps on a CPU (BOUNDS allow it)
 
 
 def test_deadline_gives_504_and_drops_the_work(server):
@@ -177,17 +265,21 @@ def test_client_disconnect_frees_its_slot(server):
     assert infer_json(server, dict(prompt="after", width=128, height=128, steps=2))[0] == 200
 
 
-def test_full_queue_gives_503_at_once(server):
+def test_full_queue_gives_503_at_once(server, grpc_client):
     from concurrent.futures import ThreadPoolExecutor
 
     # 2 replicas x 2 x max_batch_size 2 held by the replicas + 2 waiting (max_queue) = 10 in the server
     counted = metric(server, 'resadapter_requests_total{outcome="queue_full"}')
     with ThreadPoolExecutor(14) as pool:
-        answers = list(pool.map(lambda i: infer_json(server, {**LONG, "seed": i}, timeout_us=8_000_000), range(14)))
+        futures = [pool.submit(infer_json, server, {**LONG, "seed": i}, timeout_us=8_000_000) for i in range(14)]
+        assert wait_for(lambda: metric(server, "resadapter_queue_depth") == 10, timeout=5, every=0.1)
+        code, message = grpc_error(lambda: grpc_client.infer("resadapter", infer_inputs(client_module="grpc", **LONG)))
+        answers = [f.result() for f in futures]
+    assert code == "RESOURCE_EXHAUSTED" and message.startswith("the queue is full (10 requests in the server")
     refused = [(status, body, seconds) for status, body, seconds in answers if status == 503]
     assert len(refused) == 4 and all("queue is full" in body["error"] and seconds < 2 for _, body, seconds in refused), answers
     assert [status for status, _, _ in answers].count(504) == 10
-    assert metric(server, 'resadapter_requests_total{outcome="queue_full"}') == counted + 4
+    assert metric(server, 'resadapter_requests_total{outcome="queue_full"}') == counted + 5
     assert wait_for(lambda: metric(server, "resadapter_queue_depth") == 0)
     assert infer_json(server, dict(prompt="after", width=128, height=128, steps=2))[0] == 200
 
@@ -238,16 +330,6 @@ def running_replicas() -> int:
     return deployment.replica_states.get("RUNNING", 0)
 
 
-def wait_for(condition, timeout: float = 60, every: float = 0.5) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds passed."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(every)
-    return False
-
-
 def test_serve_deploy_config_example_builds_the_application(tiny_export):
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -261,6 +343,12 @@ def test_serve_deploy_config_example_builds_the_application(tiny_export):
     args = {**application.args, "artifacts": str(tiny_export), "backend": "onnxruntime"}
     app = builder(args)
     assert type(app).__name__ == "Application"
+    from ray.serve.config import gRPCOptions
+
+    from resadapter_rt.serve.grpc_protocol import add_servicer_to_server
+
+    grpc_options = gRPCOptions(**config.grpc_options.model_dump())
+    assert grpc_options.grpc_servicer_func_callable == [add_servicer_to_server]
 
 
 def test_prometheus_metrics(server):

@@ -8,13 +8,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from contextlib import contextmanager
 
 import psutil
 import pytest
 
 from cli_harness import REPO, assert_bad_input_touches_nothing
-from serve_fixtures import free_port, infer_json, tiny_export  # noqa: F401 (fixture)
+from serve_fixtures import free_port, infer_json, metric, tiny_export, wait_for  # noqa: F401 (fixture)
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -24,6 +26,13 @@ from serve_fixtures import free_port, infer_json, tiny_export  # noqa: F401 (fix
     (["--timeout", "0"], "--timeout 0.0 must be a positive number of seconds"),
     (["--port", "70000"], "--port 70000 is not a TCP port; use 1-65535"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
+    (["--max-steps", "0"], "--max-steps 0 must be an integer >= 1"),
+    (["--max-pixels", "100"], "--max-pixels 100 must be an integer >= 4096"),
+    (["--max-body-bytes", "10"], "--max-body-bytes 10 must be an integer >= 1024"),
+    (["--grpc-port", "0"], "--grpc-port 0 is not a TCP port; use 1-65535"),
+    (["--port", "9100", "--grpc-port", "9100"], "--grpc-port 9100 is also the HTTP --port; give gRPC a port of its own"),
+    (["--drain-timeout", "0"], "--drain-timeout 0.0 must be a positive number of seconds"),
+    (["--replica-cpus", "-1"], "--replica-cpus -1.0 must be a positive number"),
 ])
 def test_bad_options_fail_before_ray_starts(tmp_path, monkeypatch, capsys, tiny_export, flags, expected):
     assert_bad_input_touches_nothing(tmp_path, ["serve", "--artifacts", str(tiny_export), *flags], expected, monkeypatch, capsys)
@@ -34,12 +43,13 @@ def test_missing_artifacts_fail_before_ray_starts(tmp_path, monkeypatch, capsys)
                                      monkeypatch, capsys)
 
 
-@pytest.mark.slow
-def test_serve_command_serves_and_stops_cleanly_on_ctrl_c(tiny_export):
+@contextmanager
+def serve_process(artifacts, *flags: str):
+    """``resadapter-rt serve`` in a subprocess, once it announced itself: (process, URL, its output lines so far)."""
     port = free_port()
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    server = subprocess.Popen([sys.executable, "-m", "resadapter_rt.cli", "serve", "--artifacts", str(tiny_export),
-                               "--port", str(port), "--max-batch-size", "2"], env=environment,
+    server = subprocess.Popen([sys.executable, "-m", "resadapter_rt.cli", "serve", "--artifacts", str(artifacts),
+                               "--port", str(port), "--max-batch-size", "2", *flags], env=environment,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     lines: list[str] = []
@@ -51,20 +61,68 @@ def test_serve_command_serves_and_stops_cleanly_on_ctrl_c(tiny_export):
         while not any(announced in line for line in lines):  # printed once serve.run returned
             assert time.monotonic() < deadline and server.poll() is None, "".join(lines)
             time.sleep(0.5)
-        assert urllib.request.urlopen(f"{url}/v2/health/ready", timeout=30).status == 200
-        assert infer_json(url, dict(prompt="from the CLI", width=128, height=128, steps=2))[0] == 200
-        tree = psutil.Process(server.pid).children(recursive=True)
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=120)
+        yield server, url, lines
         reader.join(timeout=30)
-        assert server.returncode == 0, "".join(lines)
-        assert "stopped" in "".join(lines)
-        _, alive = psutil.wait_procs(tree, timeout=30)
-        assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def stops_cleanly(server: subprocess.Popen, tree: list[psutil.Process], lines: list[str], within: float) -> float:
+    """Seconds until ``server`` exited 0 with no stack dump, leaving none of ``tree`` running."""
+    started = time.monotonic()
+    server.wait(timeout=within)
+    seconds = time.monotonic() - started
+    output = "".join(lines)
+    assert server.returncode == 0, output
+    assert "Traceback" not in output and "Fatal Python error" not in output and "stopped" in output, output
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
+    return seconds
+
+
+@pytest.mark.slow
+def test_serve_command_serves_and_stops_cleanly_on_ctrl_c(tiny_export):
+    with serve_process(tiny_export) as (server, url, lines):
+        assert "request bounds: --max-pixels" in "".join(lines) and "--max-steps 150" in "".join(lines)
+        assert urllib.request.urlopen(f"{url}/v2/health/ready", timeout=30).status == 200
+        assert infer_json(url, dict(prompt="from the CLI", width=128, height=128, steps=2))[0] == 200
+        tree = psutil.Process(server.pid).children(recursive=True)
+        server.send_signal(signal.SIGINT)
+        stops_cleanly(server, tree, lines, within=120)
+
+
+def ready(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(f"{url}/v2/health/ready", timeout=10).status == 200
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503
+        return False
+
+
+@pytest.mark.parametrize("drain,steps,expected", [(120, 40, 200), (3, 150, 503)], ids=["finishes", "drain-timeout-passes"])
+def test_sigterm_drains_the_request_in_flight_then_exits_0(tiny_export, drain, steps, expected):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serve_process(tiny_export, "--drain-timeout", str(drain)) as (server, url, lines), ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(infer_json, url, dict(prompt="in flight", width=512, height=512, steps=steps))
+        assert wait_for(lambda: metric(url, "resadapter_queue_depth") == 1, timeout=30, every=0.1)
+        tree = psutil.Process(server.pid).children(recursive=True)
+        server.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: not ready(url), timeout=5, every=0.1), "readiness stayed true after SIGTERM"
+        status, body, _ = infer_json(url, dict(prompt="too late", width=128, height=128, steps=2))
+        assert (status, body) == (503, {"error": "the server is shutting down and takes no new requests; retry on another instance"})
+        assert not in_flight.done(), "the request in flight finished before the checks above: give it more steps"
+        status, body, _ = in_flight.result(timeout=drain + 60)
+        assert status == expected, body
+        if expected == 200:
+            assert body["outputs"][0]["shape"] == [512, 512, 3]
+        else:
+            assert body["error"].startswith("the server shut down before the image was ready (the drain timeout passed)")
+        seconds = stops_cleanly(server, tree, lines, within=drain + 60)
+        assert seconds < drain + 30, seconds
+        assert "1 request(s) in flight" in "".join(lines)
 
 
 def test_gpu_backend_without_a_gpu_is_one_line_not_a_hang(tmp_path, monkeypatch, capsys, tiny_export):

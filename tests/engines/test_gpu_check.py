@@ -101,7 +101,7 @@ def test_dry_run_writes_the_plan_under_out_and_exits_0(tmp_path):
     assert set(record["steps"]) == {"tests", "group_norm_gpu", "unet_step"}
     assert all(step["status"] == "planned" for step in record["steps"].values())
     tests = record["steps"]["tests"]["command"]
-    assert tests[tests.index("gpu or trt") - 1] == "-m" and "tests/gpu" in tests and "addopts=" in tests
+    assert tests[tests.index("gpu or trt") - 1] == "-m" and tests[-1] == "tests" and "addopts=" in tests
     assert "--out" in record["steps"]["group_norm_gpu"]["command"]
     assert record["environment"]["python"] and "cuda_available" in record["environment"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json"]
@@ -223,3 +223,15 @@ def test_documented_prepare_carry_holds_only_cp312_wheels_within_the_limit(gpu_c
     assert sorted(gpu_check._wheel_name(name) for name in wheels) == sorted(closure)  # one wheel each, nothing stale
     total = float(re.search(r"= ([\d.]+) MiB of the device tool's 64 MiB", done.stdout).group(1))
     assert total <= 64
+
+
+def test_group_norm_benchmark_models_each_gpu_at_its_own_bandwidth():
+    spec = importlib.util.spec_from_file_location("group_norm_gpu", REPO / "benchmarks/group_norm_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.datasheet_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert bench.datasheet_bandwidth("NVIDIA H100 PCIe") == 2.0e12
+    assert bench.datasheet_bandwidth("NVIDIA H200") == 4.8e12
+    assert bench.datasheet_bandwidth("NVIDIA GeForce RTX 4090") is None  # then only the measured copy bandwidth
+    assert bench.ulp_at(3.0, torch.float16) == 2.0**-9 and bench.ulp_at(3.0, torch.bfloat16) == 2.0**-6
+    assert bench.ulp_at(0.75, torch.float32) == 2.0**-24

@@ -8,19 +8,22 @@ OpenVINO, TensorRT: the same code for every backend), so compel runs the exporte
 
 compel is configured as diffusers users configure it (compel's ``CompelForSD`` / ``CompelForSDXL``):
 SD1.5 takes the last hidden state; SDXL both encoders' penultimate hidden states (not normalized),
-concatenated, and the second encoder's pooled ``text_embeds``; long prompts are not truncated. Two
+concatenated, and the second encoder's pooled ``text_embeds``; long prompts are not truncated. Three
 choices differ from compel's defaults, and are documented in the README:
 
 * long prompts are split every 75 tokens (``SplitLongTextMode.BRUTAL``), as unweighted prompts are
   chunked here (``prompts.py``), rather than at sentence ends;
 * down-weighting (weight < 1) blends towards the prompt with the fragment *removed*
   (``DownweightMode.REMOVE``): compel's default masks it with an attention mask, and the exported
-  text-encoder graphs take no attention mask.
+  text-encoder graphs take no attention mask;
+* where removing a down-weighted fragment leaves a long prompt fewer chunks, the rest is padded with empty
+  chunks (``padded_removal_provider``), where compel 2.5.1 fails.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any
 
 import torch
@@ -28,6 +31,8 @@ import torch
 from ..errors import ResAdapterRTError
 from .prompt_weighting import WeightedPrompt, parse_prompt
 from .prompts import SEQUENCE
+
+EMPTY_ENCODINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipeline -> per encoder: {"z": encoding of ""}
 
 
 class RunnerTextEncoder:
@@ -67,15 +72,17 @@ def compel_settings(sdxl: bool) -> dict:
                 split_long_text_mode=SplitLongTextMode.BRUTAL)
 
 
-def compel_for(tokenizer, encoder, sdxl: bool, device: str = "cpu"):
+def compel_for(tokenizer, encoder, sdxl: bool, device: str = "cpu", empty_cache: dict | None = None):
     """A compel instance over ``encoder`` (a ``RunnerTextEncoder``, or a transformers CLIP model), with removal
-    down-weighting that keeps long prompts' chunk count (``padded_removal_provider``)."""
+    down-weighting that keeps long prompts' chunk count (``padded_removal_provider``); ``empty_cache`` keeps its
+    encoding of "" (compel's reference point for every weight) from one request to the next."""
     from compel import Compel
 
     settings = compel_settings(sdxl)
     compel = Compel(tokenizer=tokenizer, text_encoder=encoder, truncate_long_prompts=False, device=device, **settings)
     compel.conditioning_provider = padded_removal_provider()(tokenizer=tokenizer, text_encoder=encoder, truncate=False,
                                                              device=device, **settings)
+    compel.conditioning_provider.empty_cache = {} if empty_cache is None else empty_cache
     return compel
 
 
@@ -91,6 +98,13 @@ def padded_removal_provider():
 
     class PaddedRemovalProvider(EmbeddingsProvider):
         chunks = 0  # while a prompt is being encoded: its chunk count
+        empty_cache: dict  # "z": the encoding of "" (shared by the compel instances of one pipeline)
+
+        @property
+        def empty_z(self) -> torch.Tensor:
+            if "z" not in self.empty_cache:
+                self.empty_cache["z"] = EmbeddingsProvider.empty_z.fget(self)
+            return self.empty_cache["z"]
 
         def get_embeddings_for_weighted_prompt_fragments(self, text_batch, fragment_weights_batch, *args, **kwargs):
             self.chunks = max(len(EmbeddingsProvider.get_token_ids_and_expand_weights(self, fragments, weights, "cpu")[0])
@@ -116,27 +130,28 @@ def padded_removal_provider():
 
 def weighted_conditioning(pipe, prompts: list[WeightedPrompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """compel's embeddings for ``prompts`` [N, chunks * 77, D] (all padded to the longest with the encoding of ""),
-    and SDXL's pooled embeddings [N, P] (from each prompt's ``pooled_text``, as compel does)."""
-    unique = list(dict.fromkeys((p.text, p.syntax) for p in prompts))
-    by_key = {(p.text, p.syntax): p for p in prompts}
-    compels = [compel_for(pipe.tokenizers[index], RunnerTextEncoder(pipe.runners[("text_encoder", "text_encoder_2")[index]],
-                                                                    projected=index == 1, device=str(pipe.device)),
-                          pipe.sdxl, str(pipe.device)) for index in range(2 if pipe.sdxl else 1)]
-    hidden = []
-    for compel in compels:
-        hidden.append({key: compel.build_conditioning_tensor_for_conjunction(by_key[key].compel_conjunction())[0]
-                       for key in unique})
-    length = max(h.shape[1] for encoded in hidden for h in encoded.values())
-    columns = []
-    for compel, encoded in zip(compels, hidden):
-        empty = compel.conditioning_provider.empty_z
-        padded = {key: torch.cat([h, empty.repeat(1, (length - h.shape[1]) // SEQUENCE, 1)], dim=1) for key, h in encoded.items()}
-        columns.append(torch.cat([padded[(p.text, p.syntax)] for p in prompts]))
-    pooled = None
-    if pipe.sdxl:
-        provider = compels[1].conditioning_provider
-        by_text = {key: provider.get_pooled_embeddings([by_key[key].pooled_text], device=str(pipe.device)) for key in unique}
-        pooled = torch.cat([by_text[(p.text, p.syntax)] for p in prompts])
+    and SDXL's pooled embeddings [N, P] (from each prompt's ``pooled_text``, as compel does). Repeated prompts
+    (several images per prompt) are encoded once."""
+    unique = {(p.text, p.syntax): p for p in prompts}
+    device = str(pipe.device)
+    empty = EMPTY_ENCODINGS.setdefault(pipe, ({}, {}))
+    compels = [compel_for(pipe.tokenizers[index], RunnerTextEncoder(pipe.runners[name], projected=index == 1, device=device),
+                          pipe.sdxl, device, empty[index])
+               for index, name in enumerate(("text_encoder", "text_encoder_2")[:2 if pipe.sdxl else 1])]
+    with torch.no_grad():
+        hidden = [{key: compel.build_conditioning_tensor_for_conjunction(p.compel_conjunction())[0] for key, p in unique.items()}
+                  for compel in compels]
+        length = max(h.shape[1] for encoded in hidden for h in encoded.values())
+        columns = []
+        for compel, encoded in zip(compels, hidden):
+            empty = compel.conditioning_provider.empty_z
+            padded = {key: torch.cat([h, empty.repeat(1, (length - h.shape[1]) // SEQUENCE, 1)], dim=1) for key, h in encoded.items()}
+            columns.append(torch.cat([padded[(p.text, p.syntax)] for p in prompts]))
+        pooled = None
+        if pipe.sdxl:
+            provider = compels[1].conditioning_provider
+            by_key = {key: provider.get_pooled_embeddings([p.pooled_text], device=device) for key, p in unique.items()}
+            pooled = torch.cat([by_key[(p.text, p.syntax)] for p in prompts])
     return torch.cat(columns, dim=-1), pooled
 
 

@@ -311,7 +311,8 @@ class ResAdapterPipeline:
         tile_batch: int | None = None,
         vae_tiling: bool | None = None,
     ) -> GenerationOutput:
-        """Generate images; ``output_type="latent"`` skips decoding.
+        """Generate images; ``output_type="latent"`` skips decoding. ``prompt_weighting`` (a1111 | compel | none)
+        reads weights in the prompt and negative prompt (``prompt_weighting.py``, ``compel_encoders.py``).
 
         Exports with ControlNets take ``control_image`` (one PIL image per ControlNet) and, per
         ControlNet or shared, the conditioning scale and guidance window (fractions of the steps),

@@ -125,5 +125,6 @@ def generate_images(pipe, args: argparse.Namespace, width: int, height: int, out
         save_png(image, path, {**result.parameters, **extra[1], **note, "image_index": index})
     precision = f" ({pipe.cpu_precision}: {', '.join(f'{k} {v}' for k, v in pipe.precisions.items())})" if pipe.precisions else ""
     warning = f" | random weights ({', '.join(random_parts)}): a test image, not a trained model's output" if random_parts else ""
-    print(f"{', '.join(map(str, paths))}: {width}x{height}, alpha {result.alpha:g} ({result.parameters['alpha_mode']}), "
+    size = "x".join(map(str, result.images[0].size))  # the hires fix makes a larger image than --width x --height
+    print(f"{', '.join(map(str, paths))}: {size}, alpha {result.alpha:g} ({result.parameters['alpha_mode']}), "
           f"{pipe.backend}{precision} | {result.timings.summary()}{warning}")

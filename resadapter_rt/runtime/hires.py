@@ -63,18 +63,22 @@ class HiresFix:
                                     "call it once per image")
         if "image" in kwargs or "mask_image" in kwargs:
             raise ResAdapterRTError("the hires fix starts from text; drop the source image/mask, or use image-to-image alone")
+        steps = self.steps or num_inference_steps
+        if isinstance(steps, int) and int(steps * self.strength) < 1:
+            raise ResAdapterRTError(f"hires strength {self.strength:g} with {steps} second-pass steps leaves no denoising step; "
+                                    "raise --hires-strength or --hires-steps")
         base = self.pipe(prompt, height=height, width=width, num_inference_steps=num_inference_steps,
                          callback=callback, **kwargs)
         big_width, big_height = upscaled_size(width, height, self.scale)
         if tile_size is None and not fits(self.pipe, big_width, big_height, 1):
             tile_size, tile_stride = default_tiles(self.pipe)
         upscaled = base.images[0].resize((big_width, big_height), Image.LANCZOS)
-        second = self.pipe(prompt, height=big_height, width=big_width, num_inference_steps=self.steps or num_inference_steps,
+        second = self.pipe(prompt, height=big_height, width=big_width, num_inference_steps=steps,
                            image=upscaled, strength=self.strength, callback=callback, tile_size=tile_size,
                            tile_stride=tile_stride, circular=circular, tile_batch=tile_batch, output_type=output_type,
                            **kwargs)
         second.parameters |= {"hires_scale": self.scale, "hires_strength": self.strength,
-                              "hires_steps": self.steps or num_inference_steps, "base_width": width, "base_height": height,
+                              "hires_steps": steps, "base_width": width, "base_height": height,
                               "base_alpha": base.alpha}
         second.timings.total += base.timings.total
         return second

@@ -169,7 +169,7 @@ def test_small_panorama_matches_diffusers(export, pipe, circular):
     theirs = panorama(export, 16, 8)("a mountain range", generator=torch.Generator().manual_seed(7), circular_padding=circular,
                                      **kwargs).images
     assert ours.parameters["tiles"] == (6 if circular else 5)
-    assert float(np.abs(pixels(ours.images) - pixels(theirs)).max()) <= 0.02
+    assert float(np.abs(pixels(ours.images) - pixels(theirs)).max()) <= 2 / 255  # measured: 1/255 (8-bit rounding)
 
 
 def test_alpha_is_chosen_for_the_window_the_unet_sees(pipe):
@@ -212,19 +212,15 @@ def test_vae_tiling_switch(pipe):
         pipe.decode(z, vae_tiling=False)
 
 
-@pytest.mark.parametrize("extra,message", [
-    ([], "width 2048 px is outside what {dir} covers (128-1024 px per side, every multiple of 8); choose a size in that range, "
-         "or export a model whose adapter covers it, or generate it in tiles: --tile-size 1024 --tile-stride 768"),
-    (["--tile-size", "512", "--tile-stride", "600"], "tile stride 600 px is larger than the tile size 512 px, which would leave "
-                                                     "gaps; use a stride of at most 512 px (e.g. 384)"),
+@pytest.mark.parametrize("extra,message", [  # checked before the export is loaded (the size hint: test_runtime.py)
     (["--hires-strength", "0.4"], "--hires-strength and --hires-steps need --hires-scale (e.g. --hires-scale 2)"),
     (["--hires-scale", "1"], "hires scale must be a number in (1, 8], got 1.0; e.g. 2 for twice the base size"),
 ])
-def test_generate_cli_tiling_errors(export, tmp_path, capsys, extra, message):
+def test_generate_cli_checks_hires_options_first(export, tmp_path, capsys, extra, message):
     out = tmp_path / "x.png"
     code = main(["generate", "--artifacts", str(export), "--prompt", "a city", "--width", "2048", "--height", "512",
                  "--steps", "1", "-q", "-o", str(out), *extra])
-    assert code == 2 and capsys.readouterr().err.strip() == "error: " + message.format(dir=export)
+    assert code == 2 and capsys.readouterr().err.strip() == "error: " + message
     assert not out.exists()
 
 
@@ -237,7 +233,7 @@ def test_full_size_panorama_matches_diffusers(export, pipe, width, circular):
                 **kwargs)
     theirs = panorama(export, 64, 8)("a beach", generator=torch.Generator().manual_seed(2), circular_padding=circular,
                                      **kwargs).images
-    assert float(np.abs(pixels(ours.images) - pixels(theirs)).max()) <= 0.02
+    assert float(np.abs(pixels(ours.images) - pixels(theirs)).max()) <= 2 / 255  # measured: 1/255 (8-bit rounding)
 
 
 @pytest.mark.parametrize("width,height,windows", [(2048, 2048, 25), (4096, 1024, 33)])
@@ -354,3 +350,15 @@ def test_generate_cli_tiles_a_canvas_beyond_the_range(export, tmp_path):
     params = json.loads(Image.open(out).text["parameters"])
     assert Image.open(out).size == (1088, 128) and params["width"] == 1088 and params["resadapter_alpha"] == 1.0
     assert (params["tile_size"], params["tile_stride"], params["circular"], params["tiles"]) == (128, 96, True, 12)
+
+
+def test_hires_fix_bad_input_is_refused_before_generating(pipe):
+    with pytest.raises(ResAdapterRTError, match=r"^hires strength 0.5 with 1 second-pass steps leaves no denoising step; "
+                                                r"raise --hires-strength or --hires-steps$"):
+        HiresFix(pipe, 2.0, 0.5)("a castle", width=256, height=128, num_inference_steps=1)
+    with pytest.raises(ResAdapterRTError, match=r"^hires strength must be in \(0, 1\], got 1.5; e.g. 0.5$"):
+        HiresFix(pipe, 2.0, 1.5)
+    with pytest.raises(ResAdapterRTError, match=r"^hires steps must be a positive integer, got 0$"):
+        HiresFix(pipe, 2.0, 0.5, 0)
+    with pytest.raises(ResAdapterRTError, match=r"^the hires fix starts from text; drop the source image/mask"):
+        HiresFix(pipe, 2.0)("a castle", width=256, height=128, image=Image.new("RGB", (256, 128)))

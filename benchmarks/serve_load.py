@@ -135,7 +135,7 @@ def main() -> int:
         "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
         "batching_off": servers["off"], "batching_on": servers["on"],
-        "medians": {f"{batching}/{protocol}": {name: median(batching, protocol, key) for name, key in keys}
+        "medians": {f"{batching}/{protocol}": {name: round(median(batching, protocol, key), 3) for name, key in keys}
                     for batching in servers for protocol in PROTOCOLS},
         "ratio_grpc_over_http_of_medians": {
             batching: {name: round(median(batching, "grpc", key) / median(batching, "http", key), 3) for name, key in keys}

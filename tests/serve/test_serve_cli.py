@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +38,28 @@ from serve_fixtures import free_port, infer_json, metric, tiny_export, wait_for 
 ])
 def test_bad_options_fail_before_ray_starts(tmp_path, monkeypatch, capsys, tiny_export, flags, expected):
     assert_bad_input_touches_nothing(tmp_path, ["serve", "--artifacts", str(tiny_export), *flags], expected, monkeypatch, capsys)
+
+
+def test_bound_defaults_come_from_the_export_and_a1111(tiny_export):
+    from resadapter_rt.export.exporter import read_manifest
+    from resadapter_rt.serve.bounds import artifact_max_pixels
+    from resadapter_rt.serve.options import ServeOptions
+
+    _, high = read_manifest(tiny_export)["pixel_range"]
+    options = ServeOptions(artifacts=str(tiny_export)).checked()
+    assert (options.max_pixels, options.max_steps, options.max_body_bytes) == (high * high, 150, 1 << 20)
+    assert artifact_max_pixels(tiny_export) == (high * high, "the export's pixel range: its largest side, squared")
+    assert ServeOptions(artifacts=str(tiny_export), max_pixels=65536).checked().max_pixels == 65536
+
+
+def test_engine_directory_default_is_its_largest_profile(tiny_export, tmp_path):
+    from resadapter_rt.serve.bounds import artifact_max_pixels
+
+    engine = tmp_path / "engine"
+    shutil.copytree(tiny_export, engine / "onnx")
+    (engine / "manifest.json").write_text(json.dumps({"profiles": [{"spec": "256-512,opt=512x512"},
+                                                                  {"spec": "384-768@0.5-2,opt=768x384"}]}))
+    assert artifact_max_pixels(engine) == (768 * 768, "the engine profiles' largest side, squared")
 
 
 def test_missing_artifacts_fail_before_ray_starts(tmp_path, monkeypatch, capsys):

@@ -362,3 +362,13 @@ def test_hires_fix_bad_input_is_refused_before_generating(pipe):
         HiresFix(pipe, 2.0, 0.5, 0)
     with pytest.raises(ResAdapterRTError, match=r"^the hires fix starts from text; drop the source image/mask"):
         HiresFix(pipe, 2.0)("a castle", width=256, height=128, image=Image.new("RGB", (256, 128)))
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_every_backend_tiles_alike(export, pipe, backend):
+    """The tiling wraps any backend's runners: torch and OpenVINO (fp32) give ONNX Runtime's tiled latents."""
+    other = ResAdapterPipeline.from_artifacts(export, backend=backend, **({"cpu_precision": "fp32"} if backend == "openvino" else {}))
+    kwargs = dict(height=256, width=1152, num_inference_steps=2, seed=4, tile_size=256, tile_stride=192, circular=True,
+                  output_type="latent")
+    expected = pipe("a harbour", **kwargs)
+    assert other("a harbour", **kwargs).latents.sub(expected.latents).abs().max() <= 1e-3

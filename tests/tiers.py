@@ -122,7 +122,7 @@ EXTENDED: dict[str, str] = {
     "tests/serve/test_serve.py::test_full_queue_gives_503_at_once": "holds the replicas busy (9 s); the 400s and 504 stay",
     "tests/serve/test_serve.py::test_image_equals_cli_generate[json]": "the binary tensor coding stays",
     "tests/serve/test_serve_cli.py::test_sigterm_drains_the_request_in_flight_then_exits_0*":
-        "starts the serve command in a subprocess twice (about a minute each); the default tier has no drain test",
+        "starts the serve command in a subprocess twice (about a minute each); the drain itself stays by default in test_drain.py",
     "tests/serve/test_multinode.py::test_worker_node_removed_under_load_then_capacity_returns":
         "a three-node Ray cluster on this machine, a node removed and one added under load (minutes)",
     # training

@@ -101,6 +101,8 @@ EXTENDED: dict[str, str] = {
     "tests/runtime/test_tiling.py::test_sdxl_with_a_controlnet_in_windows":
         "an SDXL ControlNet export; the per-window time_ids and control crops stay by default (recorded UNet inputs)",
     "tests/engines/test_tiled_inspect.py::*": "a real TensorRT-RTX build (512-1024 px profile)",
+    "tests/runtime/test_tiling.py::test_small_panorama_matches_diffusers[True]":
+        "circular parity stays at full size in the extended tier; the wrapping windows, crops and sums stay by default",
     "tests/runtime/test_tiling.py::test_every_backend_tiles_alike*":
         "rebuilds the torch networks and compiles OpenVINO; the tiling is backend-independent (it wraps the runners)",
     "tests/runtime/test_controlnet.py::test_sdxl_controlnet_with_dynamic_alpha_matches_diffusers*":

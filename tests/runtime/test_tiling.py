@@ -372,3 +372,26 @@ def test_every_backend_tiles_alike(export, pipe, backend):
                   output_type="latent")
     expected = pipe("a harbour", **kwargs)
     assert other("a harbour", **kwargs).latents.sub(expected.latents).abs().max() <= 1e-3
+
+
+def test_engine_profiles_bound_the_windows_and_their_batch(export):
+    """With engine profiles (as TensorRT runs them: here on ONNX Runtime runners), windows are batched up to the profile's
+    batch range and the errors name the profiles."""
+    from resadapter_rt.engines.profiles import ResolutionProfile
+
+    pipe = ResAdapterPipeline.from_artifacts(export)
+    pipe.profiles = [ResolutionProfile.parse("512-1024,batch=1-2")]
+    described = pipe.profiles[0].describe()
+    with pytest.raises(ResAdapterRTError) as info:
+        pipe("a city", width=2048, height=512, num_inference_steps=1)
+    assert str(info.value).endswith(f"({described}); build one that covers it, e.g. `resadapter-rt build ... --profile "
+                                    "512-2048,opt=2048x512 --profile <existing specs>`, or generate it in tiles: "
+                                    "--tile-size 1024 --tile-stride 768")
+    with pytest.raises(ResAdapterRTError, match=r"^tiles of 384x384 px \(batch 1\) are outside what the UNet covers \("):
+        pipe("a city", width=2048, height=512, num_inference_steps=1, tile_size=384)
+    with pytest.raises(ResAdapterRTError, match=r"^tile batch 3 x 1 image\(s\) is more than the engine profiles' batch range "
+                                                r"allows at 512x512 \(at most 2\); use --tile-batch 2$"):
+        pipe("a city", width=2048, height=512, num_inference_steps=1, tile_size=512, tile_batch=3)
+    calls = recording(pipe, ("unet",))
+    out = pipe("a city", width=1536, height=512, num_inference_steps=1, tile_size=512, output_type="latent")
+    assert out.parameters["tiles"] == 3 and [shape[0] for _, shape in calls] == [4, 2]  # 2 windows x CFG, then 1

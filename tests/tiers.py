@@ -69,17 +69,9 @@ EXTENDED: dict[str, str] = {
     "tests/runtime/test_prompt_weighting.py::test_long_weighted_prompt_matches_diffusers":
         "two-chunk image parity; two-chunk weighted embeddings stay by default (runner and tail tests)",
     "tests/runtime/test_prompt_weighting.py::test_sdxl_weighted_images_match_diffusers_with_compel_embeddings":
-        "an SDXL export of its own; SDXL's encoders under compel stay by default (runner test)",
-    "tests/runtime/test_prompt_weighting.py::test_other_backends_weighted_parity_and_unweighted_bit_identity*":
-        "torch and openvino pipelines; onnxruntime stays by default, all three share compel_encoders.py",
-    "tests/runtime/test_prompt_weighting.py::test_compel_syntax_image_matches_diffusers_given_compel_of_the_prompt":
-        "a second image parity; compel's syntax stays by default in the parser, bit-identity and SDXL runner tests",
-    "tests/runtime/test_prompt_weighting.py::test_generate_cli_records_the_weighting":
-        "a whole CLI generation; the option's checks stay by default (before any export is opened)",
-    "tests/runtime/test_prompt_weighting.py::test_long_weighted_prompt_matches_diffusers":
-        "two-chunk image parity; two-chunk weighted embeddings stay by default (runner and tail tests)",
-    "tests/runtime/test_prompt_weighting.py::test_sdxl_weighted_images_match_diffusers_with_compel_embeddings":
-        "an SDXL export of its own; SDXL's encoders under compel stay by default (runner test)",
+        "an SDXL export of its own; the SD1.5 image parity stays by default",
+    "tests/runtime/test_prompt_weighting.py::test_compel_over_a_runner_equals_compel_over_the_pytorch_encoder[sdxl]":
+        "SDXL's two encoders (6 s); the SD1.5 one stays, SDXL is checked end to end in the extended image test",
     "tests/runtime/test_prompt_weighting.py::test_other_backends_weighted_parity_and_unweighted_bit_identity*":
         "torch and openvino pipelines; onnxruntime stays by default, all three share compel_encoders.py",
     "tests/runtime/test_ip_adapter.py::test_dynamic_alpha_with_a_controlnet_matches_diffusers":

@@ -92,7 +92,7 @@ def describe_artifacts(directory: Path, size: str | None = None, tile: int | Non
     lines.append(f"{width}x{height}: {'covered' if by_export else 'NOT covered'} by the ONNX export "
                  f"({low}-{high} px per side, multiples of 8)")
     if tile is not None:
-        from ..runtime.tiling import tiled_coverage
+        from .tile_windows import tiled_coverage
 
         def covers(w: int, h: int) -> bool:
             return any(p.covers(w, h) for p in profiles) if profiles is not None else low <= min(w, h) and max(w, h) <= high

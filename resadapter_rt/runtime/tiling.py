@@ -24,29 +24,18 @@ Where this differs from diffusers' ``StableDiffusionPanoramaPipeline`` (and why)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..engines.tile_windows import LATENT, Window, check_stride, plan_windows, positive_multiple
 from ..errors import ResAdapterRTError
 from ..export.controlnet import CONTROLNET_COND
 from ..export.ip_adapter import IMAGE_EMBEDS
 
-LATENT = 8  # pixels per latent pixel
 WINDOWS_PER_CALL = 8  # backends without a batch range (ONNX Runtime, torch, OpenVINO): bounded memory
 PER_SAMPLE_INPUTS = ("timestep", "encoder_hidden_states", "text_embeds", "time_ids", IMAGE_EMBEDS)
-
-
-@dataclass(frozen=True)
-class Window:
-    """A window on the latent canvas (latent pixels); with ``circular`` it may run past the right edge."""
-
-    top: int
-    left: int
-    height: int
-    width: int
 
 
 @dataclass(frozen=True)
@@ -68,25 +57,6 @@ class TilePlan:
     def parameters(self) -> dict:
         """What shaped the tiling, for PNG metadata."""
         return {"tile_size": self.tile, "tile_stride": self.stride, "circular": self.circular, "tiles": len(self.windows)}
-
-
-def axis_starts(size: int, tile: int, stride: int, circular: bool = False) -> list[int]:
-    """Window starts along one axis (all in the same unit); the last window ends at the edge."""
-    if size <= tile:
-        return [0]
-    if circular:
-        return [k * stride for k in range(math.ceil(size / stride))]
-    starts = list(range(0, size - tile + 1, stride))
-    if starts[-1] + tile < size:
-        starts.append(size - tile)
-    return starts
-
-
-def plan_windows(height: int, width: int, tile: int, stride: int, circular: bool = False) -> list[Window]:
-    """Row-major windows over a latent canvas (diffusers' ``get_views`` order)."""
-    h, w = min(tile, height), min(tile, width)
-    return [Window(top, left, h, w) for top in axis_starts(height, tile, stride)
-            for left in axis_starts(width, tile, stride, circular)]
 
 
 def fits(pipe: Any, width: int, height: int, batch: int = 1) -> bool:
@@ -115,12 +85,6 @@ def tile_hint(pipe: Any) -> str:
     return "--tile-size {} --tile-stride {}".format(*default_tiles(pipe))
 
 
-def _positive_multiple(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % LATENT:
-        raise ResAdapterRTError(f"{name} {value!r} is not a positive multiple of {LATENT} px; use e.g. 512")
-    return value
-
-
 def tile_plan(pipe: Any, width: int, height: int, images: int, tile_size: int | None, tile_stride: int | None,
               circular: bool = False, tile_batch: int | None = None) -> TilePlan | None:
     """The checked plan for a request (None: no tiling). ``images``: images per request (the UNet sees them
@@ -131,11 +95,9 @@ def tile_plan(pipe: Any, width: int, height: int, images: int, tile_size: int | 
             if given:
                 raise ResAdapterRTError(f"{name} needs a tile size; pass --tile-size PX (tile_size=) as well, e.g. {tile_hint(pipe)}")
         return None
-    tile = _positive_multiple("tile size", tile_size)
-    stride = _positive_multiple("tile stride", tile if tile_stride is None else tile_stride)
-    if stride > tile:
-        raise ResAdapterRTError(f"tile stride {stride} px is larger than the tile size {tile} px, which would leave gaps; "
-                                f"use a stride of at most {tile} px (e.g. {tile * 3 // 4 // LATENT * LATENT})")
+    tile = positive_multiple("tile size", tile_size)
+    stride = positive_multiple("tile stride", tile if tile_stride is None else tile_stride)
+    check_stride(tile, stride)
     if circular and width <= tile:
         raise ResAdapterRTError(f"circular tiling needs a canvas wider than the tile ({width} px <= {tile} px); "
                                 f"use a smaller --tile-size or a wider canvas")
@@ -218,18 +180,3 @@ class TiledUNet:
             for window, part in zip(group, out.to(value.device, torch.float32).split(batch)):
                 add_into(value, part, window.top, window.left)
         return {"out_sample": value / self.count.to(value.device)}
-
-
-def tiled_coverage(width: int, height: int, tile: int, stride: int | None, covers: Any) -> tuple[str, bool]:
-    """``inspect --size WxH --tile-size PX``: whether a tiled request fits, as a line and a flag. ``covers(w, h)``:
-    whether the engines (or the export's range) take that size; the VAE then decodes in tiles of at most ``tile``."""
-    tile = _positive_multiple("tile size", tile)
-    stride = _positive_multiple("tile stride", tile if stride is None else stride)
-    if stride > tile:
-        raise ResAdapterRTError(f"tile stride {stride} px is larger than the tile size {tile} px, which would leave gaps; "
-                                f"use a stride of at most {tile} px (e.g. {tile * 3 // 4 // LATENT * LATENT})")
-    windows = plan_windows(height // LATENT, width // LATENT, tile // LATENT, stride // LATENT)
-    w, h = windows[0].width * LATENT, windows[0].height * LATENT
-    ok = covers(w, h)
-    return (f"{width}x{height} in tiles of {tile} px (stride {stride}): {len(windows)} UNet windows of {w}x{h}, "
-            f"{'covered' if ok else 'NOT covered'}"), ok

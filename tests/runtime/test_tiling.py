@@ -23,7 +23,8 @@ from resadapter_rt.pipeline import ResAdapterPipeline
 from resadapter_rt.runtime.alpha_policy import auto_alpha
 from resadapter_rt.runtime.hires import HiresFix
 from resadapter_rt.runtime.runners import TorchRunner
-from resadapter_rt.runtime.tiling import add_into, axis_starts, crop, plan_windows
+from resadapter_rt.engines.tile_windows import axis_starts, plan_windows
+from resadapter_rt.runtime.tiling import add_into, crop
 from resadapter_rt.runtime.vae_tiling import TiledVae
 
 ALPHA = 0.8

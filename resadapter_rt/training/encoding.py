@@ -5,8 +5,9 @@ noise) comes from its own generator seeded by (seed, epoch, dataset index). A sa
 per epoch, so that key is unique, and it does not depend on the batch size, the number of
 processes, which rank holds the sample, gradient accumulation or the device: the same global batch
 gives the same update however it is split. With ``cache`` the VAE's latent distribution (mean and
-std, per image, bucket and flip) and the text encoders' outputs (per caption) are computed once and
-kept in host memory, keyed by a sha256 of what determines them.
+std) is computed once per image, bucket and flip, keyed by a sha256 of the image bytes, the bucket
+and the flip, and the text encoders' outputs once per caption (keyed by the caption), and both are
+kept in host memory for the rest of the run.
 """
 
 from __future__ import annotations

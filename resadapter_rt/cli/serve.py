@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                            address=args.address, grpc_port=args.grpc_port, max_pixels=args.max_pixels, max_steps=args.max_steps,
                            max_body_bytes=args.max_body_bytes, drain_timeout=args.drain_timeout,
                            replica_cpus=args.replica_cpus).checked()
-    require_serving_libraries(grpc=options.grpc_port is not None)
+    require_serving_libraries()
     from ..serve.lifecycle import serve_forever
 
     return serve_forever(options)

@@ -12,14 +12,13 @@ from ..errors import ResAdapterRTError
 SERVE_EXTRA = "pip install 'resadapter-rt[serve]'"
 
 
-def require_serving_libraries(grpc: bool = False) -> None:
-    """One line naming the extra when Ray Serve, FastAPI or tritonclient (with ``grpc``: its gRPC stubs) are missing."""
+def require_serving_libraries() -> None:
+    """One line naming the extra when Ray Serve, FastAPI, tritonclient or grpcio (its gRPC stubs) are missing."""
     try:
         import fastapi  # noqa: F401
         import ray.serve  # noqa: F401
+        import tritonclient.grpc.service_pb2_grpc  # noqa: F401
         import tritonclient.utils  # noqa: F401
-        if grpc:
-            import tritonclient.grpc.service_pb2_grpc  # noqa: F401
     except ImportError as exc:
-        raise ResAdapterRTError(f"serving needs ray[serve], fastapi and tritonclient ({exc.name} is missing); "
+        raise ResAdapterRTError(f"serving needs ray[serve], fastapi, tritonclient and grpcio ({exc.name} is missing); "
                                 f"install them with {SERVE_EXTRA}") from None

@@ -94,16 +94,15 @@ def serve_process(artifacts, *flags: str):
 
 
 def stops_cleanly(server: subprocess.Popen, tree: list[psutil.Process], lines: list[str], within: float) -> float:
-    """Seconds until ``server`` exited 0 with no stack dump, leaving none of ``tree`` running."""
-    started = time.monotonic()
+    """``server`` exits 0 within ``within`` seconds with no stack dump, leaving none of ``tree`` running; when it exited."""
     server.wait(timeout=within)
-    seconds = time.monotonic() - started
+    exited = time.monotonic()
     output = "".join(lines)
     assert server.returncode == 0, output
     assert "Traceback" not in output and "Fatal Python error" not in output and "stopped" in output, output
     _, alive = psutil.wait_procs(tree, timeout=30)
     assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
-    return seconds
+    return exited
 
 
 @pytest.mark.slow
@@ -134,6 +133,7 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(tiny_export, drain, s
         assert wait_for(lambda: metric(url, "resadapter_queue_depth") == 1, timeout=30, every=0.1)
         tree = psutil.Process(server.pid).children(recursive=True)
         server.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
         assert wait_for(lambda: not ready(url), timeout=5, every=0.1), "readiness stayed true after SIGTERM"
         status, body, _ = infer_json(url, dict(prompt="too late", width=128, height=128, steps=2))
         assert (status, body) == (503, {"error": "the server is shutting down and takes no new requests; retry on another instance"})
@@ -144,8 +144,9 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(tiny_export, drain, s
             assert body["outputs"][0]["shape"] == [512, 512, 3]
         else:
             assert body["error"].startswith("the server shut down before the image was ready (the drain timeout passed)")
-        seconds = stops_cleanly(server, tree, lines, within=drain + 60)
-        assert seconds < drain + 30, seconds
+        seconds = stops_cleanly(server, tree, lines, within=drain + 60) - signalled
+        print(f"SIGTERM to exit 0: {seconds:.1f} s (--drain-timeout {drain})")  # the issue's note quotes these
+        assert seconds < drain + 30, "the drain plus Serve's and Ray's shutdown took too long"
         assert "1 request(s) in flight" in "".join(lines)
 
 

@@ -15,8 +15,8 @@ between the two checkpointing runs is the activations the UNet backward keeps.
     python benchmarks/train_distributed.py [--tiny-steps 8] [--full-steps 4] [--skip-full]
         [--out DIR] [--update-results]
 
-Writes ``DIR/train_distributed.json`` (a fresh temporary directory by default); ``--update-results`` also
-copies it to ``benchmarks/results/``.
+Writes ``train_distributed.json`` to a new directory under benchmarks/results/tmp/ (or ``--out DIR``);
+``--update-results`` replaces the committed file in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
+
 NAME = "train_distributed.json"
 SIZE = 256
 BATCH = 2
@@ -137,13 +138,11 @@ def main() -> None:
     parser.add_argument("--tiny-steps", type=int, default=8)
     parser.add_argument("--full-steps", type=int, default=4)
     parser.add_argument("--skip-full", action="store_true", help="tiny model only")
-    parser.add_argument("--out", type=Path, help="directory for the JSON (default: a fresh temporary directory)")
-    parser.add_argument("--update-results", action="store_true", help=f"also write benchmarks/results/{NAME}")
+    add_output_arguments(parser)
     args = parser.parse_args()
     if args.tiny_steps < 3 or args.full_steps < 3:
         raise SystemExit("--tiny-steps and --full-steps must be at least 3 (the first epoch, 2 steps, is not measured)")
-    out = args.out or Path(tempfile.mkdtemp(prefix="train_distributed-"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args, "train_distributed")  # before the runs: a bad --out is refused at once
     import torch
 
     report = {"cpu": _cpu(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "machine": platform.machine(),
@@ -162,13 +161,7 @@ def main() -> None:
             report["rows"] += _throughput_rows(str(model), "sd15-full-size-layout", data, work, args.full_steps, [(1, 1), (2, 1)])
             report["memory"] = _memory_rows(str(model), data, work)
             shutil.rmtree(model, ignore_errors=True)
-    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    (out / NAME).write_text(text)
-    print(f"wrote {out / NAME}")
-    if args.update_results:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / NAME).write_text(text)
-        print(f"wrote {RESULTS / NAME}")
+    print(f"wrote {write_json(out / NAME, report)}")
 
 
 if __name__ == "__main__":

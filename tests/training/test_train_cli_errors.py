@@ -59,6 +59,13 @@ def sample_predicting_model(model: Path) -> None:
     (model / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "sample"}))
 
 
+def old_version_state(directory: Path) -> None:
+    """A training state as version 1 wrote it (one generator for all randomness; before data parallelism)."""
+    import torch
+
+    torch.save({"version": 1, "step": 1, "generator": torch.Generator().get_state()}, directory / "training_state.pt")
+
+
 def user_dir(root: Path, ckpt: Path) -> None:
     make_dataset(root / "data", count=2)
     (root / "o").mkdir()
@@ -109,7 +116,12 @@ CASES = [
     ("resume-not-checkpoint", data(), [*BASE, "--resume", "data"], "--resume data: no training_state.pt here"),
     ("resume-garbage", lambda r, c: (make_dataset(r / "data", count=2), (r / "data" / "training_state.pt").write_text("x")),
      [*BASE, "--resume", "data"], "training_state.pt: not a readable training state"),
+    ("resume-old-version", lambda r, c: (make_dataset(r / "data", count=2), old_version_state(r / "data")),
+     [*BASE, "--resume", "data"], "training_state.pt: not a training state of this resadapter-rt version (expected version 2); "
+     "continue it with the version that wrote it, or start a new run"),
     ("resume-other-rank", ckpt_data(), [*RESUME, "--rank", "4"], "--rank 4 differs from the checkpoint's 8"),
+    ("resume-other-accumulation", ckpt_data(), [*RESUME, "--gradient-accumulation-steps", "2"],
+     "--gradient-accumulation-steps 2 differs from the checkpoint's 1"),
     ("resume-changed-data", ckpt_data(lambda d: (d / "metadata.jsonl").write_text(
         (d / "metadata.jsonl").read_text().replace("a red", "a pink"))), RESUME,
      "--resume: data is not the data the checkpoint was trained on"),

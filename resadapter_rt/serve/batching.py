@@ -56,30 +56,48 @@ class BatchResult:
 
 def generate_batch(pipe: ResAdapterPipeline, requests: list[GenerationRequest],
                    keep_going: Callable[[], bool] = lambda: True) -> BatchResult:
-    """Images for prepared requests of one ``batch_key``: one UNet call per step for all of them."""
+    """Images for prepared requests of one ``batch_key``: one UNet call per step for all requests whose prompts
+    encode to the same number of tokens (long, ``BREAK`` or ``.and()`` prompts give more 77-token chunks; such
+    requests run as their own UNet batch, so every image stays what a single run gives)."""
     keys = {batch_key(r) for r in requests}
     if len(keys) != 1:
         raise ValueError(f"requests of different batch keys cannot share a batch: {sorted(keys)}")
     conditionings = [pipe.encode(r) for r in requests]
-    first = requests[0]
-    if first.cfg:  # diffusers' CFG order over the batch: [negatives..., positives...]
-        halves = [(c.embeds.chunk(2), None if c.pooled is None else c.pooled.chunk(2)) for c in conditionings]
-        embeds = torch.cat([h[0][0] for h in halves] + [h[0][1] for h in halves])
-        pooled = None if halves[0][1] is None else torch.cat([h[1][0] for h in halves] + [h[1][1] for h in halves])
-    else:
-        embeds = torch.cat([c.embeds for c in conditionings])
-        pooled = None if conditionings[0].pooled is None else torch.cat([c.pooled for c in conditionings])
-    merged = dataclasses.replace(first, prompts=[p for r in requests for p in r.prompts], negatives=None,
-                                 generator=[r.generator for r in requests])
+    by_length: dict[int, list[int]] = {}
+    for index, conditioning in enumerate(conditionings):
+        by_length.setdefault(conditioning.embeds.shape[1], []).append(index)
 
     def stop_when_abandoned(done: int, total: int) -> None:
         if not keep_going():
             raise BatchDropped
 
     timings = Timings()
-    latents = pipe.denoise(merged, Conditioning(embeds=embeds, pooled=pooled), timings, stop_when_abandoned)
-    images = [np.asarray(pipe.decode(latents[i:i + 1])[0]) for i in range(latents.shape[0])]
-    return BatchResult(images=images, unet_seconds=sum(timings.unet_steps), steps=len(timings.unet_steps))
+    images: list[np.ndarray | None] = [None] * len(requests)
+    for indices in by_length.values():
+        group = [requests[i] for i in indices]
+        latents = pipe.denoise(_merged_request(group), _merged_conditioning(group[0].cfg, [conditionings[i] for i in indices]),
+                               timings, stop_when_abandoned)
+        for row, index in enumerate(indices):
+            images[index] = np.asarray(pipe.decode(latents[row:row + 1])[0])
+    return BatchResult(images=images, unet_seconds=sum(timings.unet_steps), steps=len(timings.unet_steps) // len(by_length))
+
+
+def _merged_request(requests: list[GenerationRequest]) -> GenerationRequest:
+    """One request standing for a batch: every prompt, one random generator per request."""
+    return dataclasses.replace(requests[0], prompts=[p for r in requests for p in r.prompts], negatives=None,
+                               generator=[r.generator for r in requests])
+
+
+def _merged_conditioning(cfg: bool, conditionings: list[Conditioning]) -> Conditioning:
+    """The batch's text conditioning; with CFG in diffusers' order over the batch: [negatives..., positives...]."""
+    if cfg:
+        halves = [(c.embeds.chunk(2), None if c.pooled is None else c.pooled.chunk(2)) for c in conditionings]
+        embeds = torch.cat([h[0][0] for h in halves] + [h[0][1] for h in halves])
+        pooled = None if halves[0][1] is None else torch.cat([h[1][0] for h in halves] + [h[1][1] for h in halves])
+    else:
+        embeds = torch.cat([c.embeds for c in conditionings])
+        pooled = None if conditionings[0].pooled is None else torch.cat([c.pooled for c in conditionings])
+    return Conditioning(embeds=embeds, pooled=pooled)
 
 
 @dataclass(eq=False)  # jobs are distinct by identity

@@ -47,6 +47,21 @@ def test_batcher_groups_equal_sizes_and_each_image_equals_its_single_run(pipe, m
         assert np.abs(image.astype(int) - np.asarray(single)).max() <= 1
 
 
+def test_prompts_of_different_token_counts_in_one_batch_each_equal_their_single_run(pipe):
+    """A 77-token and a two-chunk (154-token) prompt cannot share one UNet batch; each image is still its own."""
+    from resadapter_rt.serve.batching import generate_batch
+
+    long_prompt = "a fox " + " ".join(["in a quiet snowy forest at dawn"] * 12)
+    jobs = [pipe.prepare(prompt, 128, 128, 3, 6.0, None, seed, None, 1, 0.9, "euler-a")
+            for prompt, seed in [("a fox", 1), (long_prompt, 2), ("a red fox", 3)]]
+    result = generate_batch(pipe, jobs)
+    assert result.steps == 3
+    for image, job in zip(result.images, jobs):
+        single = pipe(job.prompts[0], height=128, width=128, num_inference_steps=3, guidance_scale=6.0, seed=job.seed,
+                      resadapter_alpha=0.9, scheduler="euler-a").images[0]
+        assert np.abs(image.astype(int) - np.asarray(single)).max() <= 1
+
+
 def test_different_keys_never_share_a_batch(pipe):
     from resadapter_rt.serve.batching import generate_batch
 

@@ -35,7 +35,13 @@ def prepare_request(pipe: ResAdapterPipeline, parameters: dict[str, Any]) -> Gen
         get("guidance_scale", GENERATION_DEFAULTS["guidance_scale"]), get("negative_prompt"),
         get("seed", GENERATION_DEFAULTS["seed"]), None, 1,
         str(get("resadapter_alpha", "auto")),  # as the CLI's --alpha text, so errors read the same
-        get("scheduler", DEFAULT_SCHEDULER), get("prompt_weighting", DEFAULT_SYNTAX))
+        get("scheduler", DEFAULT_SCHEDULER), get("prompt_weighting", DEFAULT_SYNTAX),
+        tiling={"tile_size": get("tile_size"), "tile_stride": get("tile_stride"), "circular": get("circular", False)})
+
+
+def circular(request: GenerationRequest) -> bool:
+    """Whether the request's canvas wraps around its width (decoded with wrapped padding)."""
+    return bool(request.tiling and request.tiling.circular)
 
 
 class BatchDropped(Exception):
@@ -43,8 +49,10 @@ class BatchDropped(Exception):
 
 
 def batch_key(request: GenerationRequest) -> tuple:
-    """Requests with equal keys can share one UNet batch (and one scheduler)."""
-    return (request.width, request.height, request.steps, request.scheduler, request.guidance_scale, request.alpha)
+    """Requests with equal keys can share one UNet batch (and one scheduler). A tiled request is its own batch:
+    its windows already fill the UNet calls up to the profile's batch range."""
+    return (request.width, request.height, request.steps, request.scheduler, request.guidance_scale, request.alpha,
+            id(request) if request.tiling else None)
 
 
 @dataclass
@@ -61,7 +69,7 @@ def generate_batch(pipe: ResAdapterPipeline, requests: list[GenerationRequest],
     requests run as their own UNet batch, so every image stays what a single run gives)."""
     keys = {batch_key(r) for r in requests}
     if len(keys) != 1:
-        raise ValueError(f"requests of different batch keys cannot share a batch: {sorted(keys)}")
+        raise ValueError(f"requests of different batch keys cannot share a batch: {sorted(map(str, keys))}")
     conditionings = [pipe.encode(r) for r in requests]
     by_length: dict[int, list[int]] = {}
     for index, conditioning in enumerate(conditionings):
@@ -78,7 +86,7 @@ def generate_batch(pipe: ResAdapterPipeline, requests: list[GenerationRequest],
         latents = pipe.denoise(_merged_request(group), _merged_conditioning(group[0].cfg, [conditionings[i] for i in indices]),
                                timings, stop_when_abandoned)
         for row, index in enumerate(indices):
-            images[index] = np.asarray(pipe.decode(latents[row:row + 1])[0])
+            images[index] = np.asarray(pipe.decode(latents[row:row + 1], None, circular(requests[index]))[0])
     return BatchResult(images=images, unet_seconds=sum(timings.unet_steps), steps=len(timings.unet_steps) // len(by_length))
 
 

@@ -25,6 +25,8 @@ INPUTS: dict[str, tuple[str, type]] = {
     "prompt": ("BYTES", str), "negative_prompt": ("BYTES", str), "width": ("INT64", int), "height": ("INT64", int),
     "steps": ("INT64", int), "seed": ("INT64", int), "guidance_scale": ("FP32", float), "resadapter_alpha": ("FP32", float),
     "scheduler": ("BYTES", str), "prompt_weighting": ("BYTES", str),
+    # MultiDiffusion tiling beyond the engine's sizes (``runtime/tiling.py``): pixels, and whether the width wraps
+    "tile_size": ("INT64", int), "tile_stride": ("INT64", int), "circular": ("BOOL", bool),
 }
 OUTPUT = "image"
 
@@ -67,6 +69,10 @@ def decode_tensor(name: str, dtype: str, data: Any, raw: bytes | None) -> Any:
         if not isinstance(value, str):
             raise ResAdapterRTError(f"input {name} must be a string, got {value!r}")
         return value
+    if dtype == "BOOL":
+        if not isinstance(value, (bool, np.bool_)):
+            raise ResAdapterRTError(f"input {name} must be true or false, got {value!r}")
+        return bool(value)
     if dtype == "INT64":
         if isinstance(value, (bool, float)) or not isinstance(value, (int, np.integer)):
             raise ResAdapterRTError(f"input {name} must be an integer, got {value!r}")

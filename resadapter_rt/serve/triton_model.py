@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's python ba
 
 from resadapter_rt.errors import ResAdapterRTError
 from resadapter_rt.runtime.pipeline import ResAdapterPipeline, Timings
-from resadapter_rt.serve.batching import prepare_request
+from resadapter_rt.serve.batching import circular, prepare_request
 from resadapter_rt.serve.protocol import INPUTS
 
 
@@ -55,7 +55,7 @@ class TritonPythonModel:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:
                     value = tensor.as_numpy().reshape(-1)[0]
-                    parameters[name] = value.decode() if datatype == "BYTES" else \
+                    parameters[name] = value.decode() if datatype == "BYTES" else bool(value) if datatype == "BOOL" else \
                         int(value) if datatype == "INT64" else float(str(np.float32(value)))
             try:
                 prepared = prepare_request(self.pipe, parameters)
@@ -64,7 +64,7 @@ class TritonPythonModel:
                 continue
             conditioning = self.pipe.encode(prepared)
             latents = self.pipe.denoise(prepared, conditioning, Timings())
-            image = np.asarray(self.pipe.decode(latents)[0])
+            image = np.asarray(self.pipe.decode(latents, None, circular(prepared))[0])
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", image)]))
         return responses
 

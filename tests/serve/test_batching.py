@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -82,3 +83,52 @@ def test_a_cancelled_job_is_dropped_before_it_runs(pipe):
         return batcher.dropped, second.cancelled()
 
     assert asyncio.run(scenario()) == (1, True)
+
+
+def test_a_tiled_circular_request_from_protocol_inputs_equals_the_pipelines_own_run(pipe):
+    """tile_size / tile_stride / circular from the server's inputs: the image is what ``pipe(..., tile_size=...)`` gives,
+    and a tiled request never shares a UNet batch with an equal one (its windows fill the calls)."""
+    from resadapter_rt.serve.batching import batch_key, generate_batch, prepare_request
+    from resadapter_rt.serve.options import GENERATION_DEFAULTS
+    from resadapter_rt.serve.protocol import parse_infer_request
+
+    body = json.dumps({"inputs": [
+        {"name": "prompt", "shape": [1], "datatype": "BYTES", "data": ["a fox"]},
+        {"name": "width", "shape": [1], "datatype": "INT64", "data": [384]},
+        {"name": "height", "shape": [1], "datatype": "INT64", "data": [128]},
+        {"name": "steps", "shape": [1], "datatype": "INT64", "data": [2]},
+        {"name": "tile_size", "shape": [1], "datatype": "INT64", "data": [128]},
+        {"name": "tile_stride", "shape": [1], "datatype": "INT64", "data": [64]},
+        {"name": "circular", "shape": [1], "datatype": "BOOL", "data": [True]}]}).encode()
+    parameters = parse_infer_request(body, None).parameters
+    assert parameters["circular"] is True
+    first, second = prepare_request(pipe, parameters), prepare_request(pipe, parameters)
+    assert first.tiling.circular and len(first.tiling.windows) == 6
+    assert batch_key(first) != batch_key(second)
+    image = generate_batch(pipe, [first]).images[0]
+    expected = pipe("a fox", height=128, width=384, num_inference_steps=2, seed=GENERATION_DEFAULTS["seed"],
+                    guidance_scale=GENERATION_DEFAULTS["guidance_scale"], tile_size=128, tile_stride=64, circular=True).images[0]
+    assert np.abs(image.astype(int) - np.asarray(expected)).max() <= 1
+
+
+@pytest.mark.parametrize("value, message", [
+    (1, "input circular must be true or false, got 1"),
+    ("yes", "input circular must be true or false, got 'yes'"),
+])
+def test_circular_must_be_a_boolean(value, message):
+    from resadapter_rt.errors import ResAdapterRTError
+    from resadapter_rt.serve.protocol import parse_infer_request
+
+    body = json.dumps({"inputs": [{"name": "prompt", "shape": [1], "datatype": "BYTES", "data": ["a fox"]},
+                                  {"name": "circular", "shape": [1], "datatype": "BOOL", "data": [value]}]}).encode()
+    with pytest.raises(ResAdapterRTError) as error:
+        parse_infer_request(body, None)
+    assert str(error.value) == message
+
+
+def test_a_tile_stride_without_a_tile_size_is_the_pipelines_one_line_error(pipe):
+    from resadapter_rt.errors import ResAdapterRTError
+    from resadapter_rt.serve.batching import prepare_request
+
+    with pytest.raises(ResAdapterRTError, match="^tile_stride needs a tile size; pass --tile-size PX"):
+        prepare_request(pipe, {"prompt": "a fox", "tile_stride": 64})

@@ -75,7 +75,7 @@ def test_health_and_metadata(client):
     assert {i["name"]: i["datatype"] for i in metadata["inputs"]} == {
         "prompt": "BYTES", "negative_prompt": "BYTES", "width": "INT64", "height": "INT64", "steps": "INT64",
         "seed": "INT64", "guidance_scale": "FP32", "resadapter_alpha": "FP32", "scheduler": "BYTES",
-        "prompt_weighting": "BYTES"}
+        "prompt_weighting": "BYTES", "tile_size": "INT64", "tile_stride": "INT64", "circular": "BOOL"}
     assert metadata["outputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, 3]}]
     assert client.get_model_metadata("resadapter", model_version="1") == metadata
     assert client.is_model_ready("resadapter", model_version="1")

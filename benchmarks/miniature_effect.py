@@ -17,14 +17,13 @@ to benchmarks/results/ instead, replacing the committed ones.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
+from resadapter_rt.bench.results import add_output_arguments, cpu_name, output_dir, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = "64x64,128x128,256x256,384x384,384x128,128x384"
@@ -41,16 +40,6 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
             raise SystemExit(f"--sizes: {part!r} is not WIDTHxHEIGHT; write e.g. {SIZES}")
         sizes.append((int(width), int(height)))
     return sizes
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_size(variants: dict, width: int, height: int, seeds: int, steps: int, guidance: float, batch: int):

@@ -40,15 +40,6 @@ CASES = {  # name -> (prompt, negative, syntax)
 }
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 class NoNetwork:
     """Stands in for the UNet and VAE of a text-encoder-only pipeline (the encode stage never calls them)."""
 
@@ -120,7 +111,7 @@ def main() -> int:
     import onnxruntime
     import torch
 
-    from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
+    from resadapter_rt.bench.results import add_output_arguments, cpu_name, output_dir, write_json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -135,7 +126,7 @@ def main() -> int:
     record = {"benchmark": "prompt_weighting_cost", "what": "ResAdapterPipeline encode stage, prompt + negative with CFG",
               "backend": "onnxruntime CPUExecutionProvider", "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
               "compel": __import__("importlib.metadata").metadata.version("compel"), "machine": platform.machine(),
-              "cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "repeats": args.repeats,
+              "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "repeats": args.repeats,
               "load_average_1min_at_start": round(os.getloadavg()[0], 2),
               "compel_import_s_first_weighted_prompt_in_a_process": round(compel_import_s, 3), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resadapter_rt.bench.results import add_output_arguments, output_dir, write_json
+from resadapter_rt.bench.results import add_output_arguments, cpu_name, output_dir, write_json
 
 NAME = "train_distributed.json"
 SIZE = 256
@@ -44,16 +44,6 @@ def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _dataset(directory: Path) -> Path:
@@ -145,7 +135,7 @@ def main() -> None:
     out = output_dir(args, "train_distributed")  # before the runs: a bad --out is refused at once
     import torch
 
-    report = {"cpu": _cpu(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "machine": platform.machine(),
+    report = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "machine": platform.machine(),
               "note": "CPU machine shared with other jobs (see the load averages): compare rows of one run as ratios",
               "rows": [], "memory": []}
     with tempfile.TemporaryDirectory(prefix="train_distributed-work-") as tmp:

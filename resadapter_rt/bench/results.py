@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -89,3 +90,12 @@ def write_json(path: Path, record: object, indent: int | None = 2) -> Path:
 def read_runs(path: Path) -> list:
     """The ``runs`` list of an accumulating result file (empty when the file is absent)."""
     return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the platform's processor string: which CPU a number came from."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "unknown"

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cli_harness import REPO, tree_snapshot
 from resadapter_rt.cli import main
+from run_state import adam_moments, checkpoint_state, relative_difference
 from toy_data import make_dataset
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -32,20 +32,6 @@ def _launch(launcher: list[str], argv: list[str], cwd: Path, env: dict | None = 
         environment.pop(name, None)
     return subprocess.run([sys.executable, "-m", *launcher, *argv], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=900)
-
-
-def _state(run: Path, step: int) -> dict:
-    return torch.load(run / "checkpoints" / f"checkpoint-{step:06d}" / "training_state.pt", weights_only=True)
-
-
-def _relative(a: dict, b: dict) -> float:
-    x = torch.cat([a[k].reshape(-1).float() for k in sorted(a)])
-    y = torch.cat([b[k].reshape(-1).float() for k in sorted(a)])
-    return float((x - y).norm() / x.norm())
-
-
-def _moments(state: dict) -> dict:
-    return {str(i): s["exp_avg"] for i, s in state["optimizer"]["state"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +51,16 @@ def runs(tmp_path_factory) -> dict:
 
 def test_two_processes_train_what_one_process_trains(runs):
     for step in (1, 4, STEPS):
-        one, two = _state(runs["one"], step), _state(runs["two"], step)
-        errors = (_relative(one["trainable"], two["trainable"]), _relative(_moments(one), _moments(two)))
+        one, two = checkpoint_state(runs["one"], step), checkpoint_state(runs["two"], step)
+        errors = (relative_difference(one["trainable"], two["trainable"]), relative_difference(adam_moments(one), adam_moments(two)))
         worst = max((float((one["trainable"][k] - two["trainable"][k]).norm() / one["trainable"][k].norm()), k)
                     for k in one["trainable"])
         print(f"step {step}: trainable {errors[0]:.1e}, AdamW first moment {errors[1]:.1e}; worst tensor {worst[0]:.1e} "
               f"({worst[1]})")
         assert max(errors) <= 1e-5, (step, errors)
-    losses = [(a["loss"], b["loss"]) for a, b in zip(_state(runs["one"], STEPS)["history"], _state(runs["two"], STEPS)["history"])]
+    losses = [(a["loss"], b["loss"]) for a, b in zip(checkpoint_state(runs["one"], STEPS)["history"], checkpoint_state(runs["two"], STEPS)["history"])]
     assert len(losses) == STEPS and max(abs(a - b) / a for a, b in losses) <= 1e-5, losses
-    records = _state(runs["two"], STEPS)["history"]
+    records = checkpoint_state(runs["two"], STEPS)["history"]
     assert 1 in [r["batch"] for r in records] and len({(r["width"], r["height"]) for r in records}) == 6
 
 
@@ -91,12 +77,12 @@ def test_rank_zero_writes_the_run_directory_once(runs):
     steps = [json.loads(line) for line in (two / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps] == list(range(1, STEPS + 1))  # one line per step, not one per rank
     assert [p.name for p in sorted((two / "checkpoints").iterdir())] == [f"checkpoint-{s:06d}" for s in range(1, STEPS + 1)]
-    assert runs["stdout"].count("trained 7 steps") == 1 and _state(two, STEPS)["world_size"] == 2
+    assert runs["stdout"].count("trained 7 steps") == 1 and checkpoint_state(two, STEPS)["world_size"] == 2
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(runs):
-    resumed, one = _state(runs["resumed"], STEPS), _state(runs["one"], STEPS)
-    assert _relative(one["trainable"], resumed["trainable"]) <= 1e-5 and _relative(_moments(one), _moments(resumed)) <= 1e-5
+    resumed, one = checkpoint_state(runs["resumed"], STEPS), checkpoint_state(runs["one"], STEPS)
+    assert relative_difference(one["trainable"], resumed["trainable"]) <= 1e-5 and relative_difference(adam_moments(one), adam_moments(resumed)) <= 1e-5
 
 
 def test_batch_not_divisible_by_the_world_is_one_line_from_rank_zero(tmp_path):

@@ -14,24 +14,10 @@ from resadapter_rt import load_adapter
 from resadapter_rt.cli import main
 from resadapter_rt.training import trainer
 from resadapter_rt.training.encoding import Encoder, draw
+from run_state import adam_moments, checkpoint_state, relative_difference
 from toy_data import COLOURS, make_dataset
 
 STEPS = 3
-
-
-def _state(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / f"checkpoint-{STEPS:06d}" / "training_state.pt", weights_only=True)
-
-
-def _relative(a: dict, b: dict) -> float:
-    """||a - b|| / ||a|| over all tensors of the two dicts, concatenated."""
-    x = torch.cat([a[k].reshape(-1).float() for k in sorted(a)])
-    y = torch.cat([b[k].reshape(-1).float() for k in sorted(a)])
-    return float((x - y).norm() / x.norm())
-
-
-def _moments(state: dict) -> dict:
-    return {str(i): s["exp_avg"] for i, s in state["optimizer"]["state"].items()}
 
 
 def one_bucket_data(root: Path) -> Path:
@@ -67,20 +53,20 @@ def test_accumulation_cache_and_checkpointing_give_the_same_adapter(tmp_path, mo
         encoded.clear()
         assert main([*common, *extra, "--out", str(tmp_path / name)]) == 0
         images[name] = sum(encoded)
-    plain = _state(tmp_path / "plain")
+    plain = checkpoint_state(tmp_path / "plain", STEPS)
     assert [r["batch"] for r in plain["history"]] == [4] * STEPS
     latent_shape = (4, 8, 8)
     flips = {(i, draw(5, epoch, i, latent_shape, 1000).flip) for epoch in range(STEPS) for i in range(4)}
     # Each step is one epoch of the 4 images; the cache encodes each (image, flip) once.
     assert images == {"plain": 4 * STEPS, "accumulated": 4 * STEPS, "cached": len(flips)} and len(flips) < 4 * STEPS
     for name in ("accumulated", "cached"):
-        other = _state(tmp_path / name)
+        other = checkpoint_state(tmp_path / name, STEPS)
         assert [r["batch"] for r in other["history"]] == [4] * STEPS
-        errors = (_relative(plain["trainable"], other["trainable"]), _relative(_moments(plain), _moments(other)),
+        errors = (relative_difference(plain["trainable"], other["trainable"]), relative_difference(adam_moments(plain), adam_moments(other)),
                   max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(plain["history"], other["history"])))
         print(f"{name} vs plain: trainable {errors[0]:.1e}, AdamW first moment {errors[1]:.1e}, loss {errors[2]:.1e}")
         assert max(errors) <= 1e-5, (name, errors)
-    assert _relative(plain["trainable"], _state(tmp_path / "plain")["trainable"]) == 0
+    assert relative_difference(plain["trainable"], checkpoint_state(tmp_path / "plain", STEPS)["trainable"]) == 0
     assert not torch.equal(plain["trainable"]["down_blocks.0.resnets.0.norm1.weight"], torch.ones(8))  # it trained
 
 

@@ -84,6 +84,11 @@ class GenerationRequest:
     vae_tiling: bool | None = None  # None: tiled VAE only beyond what the VAE covers (``vae_tiling.py``)
 
     @property
+    def circular(self) -> bool:
+        """Whether the canvas wraps around its width (tiling's ``circular``): decoded with wrapped padding."""
+        return bool(self.tiling and self.tiling.circular)
+
+    @property
     def cfg(self) -> bool:
         """Classifier-free guidance runs only above a scale of 1."""
         return self.guidance_scale > 1.0
@@ -351,7 +356,7 @@ class ResAdapterPipeline:
         images: list[Image.Image] = []
         if output_type == "pil":
             tick = time.perf_counter()
-            images = self.decode(latents, vae_tiling, bool(request.tiling and request.tiling.circular))
+            images = self.decode(latents, vae_tiling, request.circular)
             timings.decode = time.perf_counter() - tick
         timings.total = time.perf_counter() - started
         return GenerationOutput(images=images, latents=latents.cpu(), alpha=request.alpha, timings=timings,

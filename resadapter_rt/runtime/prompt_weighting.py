@@ -114,6 +114,7 @@ def _error(text: str, column: int, message: str, syntax: str = "a1111") -> ResAd
                              + " (prompt weighting none reads a prompt as plain text)")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_a1111(text: str) -> tuple[tuple[tuple[str, float], ...], ...]:
     """A1111's attention syntax -> BREAK-separated segments of (text, weight) fragments, equal weights merged."""
     tag = EXTRA_NETWORK.search(text)

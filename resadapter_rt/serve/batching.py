@@ -39,10 +39,6 @@ def prepare_request(pipe: ResAdapterPipeline, parameters: dict[str, Any]) -> Gen
         tiling={"tile_size": get("tile_size"), "tile_stride": get("tile_stride"), "circular": get("circular", False)})
 
 
-def circular(request: GenerationRequest) -> bool:
-    """Whether the request's canvas wraps around its width (decoded with wrapped padding)."""
-    return bool(request.tiling and request.tiling.circular)
-
 
 class BatchDropped(Exception):
     """Every caller of a running batch is gone; the batch stopped early."""
@@ -86,7 +82,7 @@ def generate_batch(pipe: ResAdapterPipeline, requests: list[GenerationRequest],
         latents = pipe.denoise(_merged_request(group), _merged_conditioning(group[0].cfg, [conditionings[i] for i in indices]),
                                timings, stop_when_abandoned)
         for row, index in enumerate(indices):
-            images[index] = np.asarray(pipe.decode(latents[row:row + 1], None, circular(requests[index]))[0])
+            images[index] = np.asarray(pipe.decode(latents[row:row + 1], None, requests[index].circular)[0])
     return BatchResult(images=images, unet_seconds=sum(timings.unet_steps), steps=len(timings.unet_steps) // len(by_length))
 
 

@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's python ba
 
 from resadapter_rt.errors import ResAdapterRTError
 from resadapter_rt.runtime.pipeline import ResAdapterPipeline, Timings
-from resadapter_rt.serve.batching import circular, prepare_request
+from resadapter_rt.serve.batching import prepare_request
 from resadapter_rt.serve.protocol import INPUTS
 
 
@@ -64,7 +64,7 @@ class TritonPythonModel:
                 continue
             conditioning = self.pipe.encode(prepared)
             latents = self.pipe.denoise(prepared, conditioning, Timings())
-            image = np.asarray(self.pipe.decode(latents, None, circular(prepared))[0])
+            image = np.asarray(self.pipe.decode(latents, None, prepared.circular)[0])
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", image)]))
         return responses
 
